@@ -1,0 +1,23 @@
+"""Datasets, seeded index streams, device-side augmentation and micro-batching."""
+
+from adabatch.data.augment import AUGMENTATIONS, Augmentation, CropFlip, FlipResizedCrop, build_augmentation
+from adabatch.data.batches import Batch, TrainingData, normalize, test_batches
+from adabatch.data.sources import DATASETS, ArrayDataset, DatasetUnavailable, load_dataset
+from adabatch.data.stream import IndexStream
+
+__all__ = [
+    "AUGMENTATIONS",
+    "DATASETS",
+    "ArrayDataset",
+    "Augmentation",
+    "Batch",
+    "CropFlip",
+    "DatasetUnavailable",
+    "FlipResizedCrop",
+    "IndexStream",
+    "TrainingData",
+    "build_augmentation",
+    "load_dataset",
+    "normalize",
+    "test_batches",
+]

@@ -1,0 +1,118 @@
+"""Turning streamed indices into normalized, augmented (x, y) batches on the device."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+
+from adabatch.data.augment import Augmentation
+from adabatch.data.sources import ArrayDataset
+from adabatch.data.stream import IndexStream, derive_seed
+
+_AUGMENTATION_KEY = 1  # derive_seed(seed, 1) seeds the augmentation generator
+
+
+def _even_bounds(total: int, parts: int) -> list[tuple[int, int]]:
+    """`parts` consecutive [start, end) ranges covering range(total), sizes differing by at most 1 (larger first)."""
+    base, extra = divmod(total, parts)
+    bounds, start = [], 0
+    for part in range(parts):
+        end = start + base + (1 if part < extra else 0)
+        bounds.append((start, end))
+        start = end
+    return bounds
+
+
+@dataclass
+class Batch:
+    indices: torch.Tensor  # (b,) int64
+    aug_params: torch.Tensor | None  # (b, k), or None without augmentation
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def _slice(self, start: int, end: int) -> Batch:
+        params = None if self.aug_params is None else self.aug_params[start:end]
+        return Batch(self.indices[start:end], params)
+
+    def split(self, max_size: int) -> list[Batch]:
+        """Consecutive micro-batches of at most `max_size` examples, as few and as even as possible."""
+        if max_size < 1:
+            raise ValueError(f"max_size must be positive, got {max_size}")
+        if len(self) == 0:
+            return []
+        parts = -(-len(self) // max_size)
+        return [self._slice(start, end) for start, end in _even_bounds(len(self), parts)]
+
+    def shard(self, rank: int, world_size: int) -> Batch:
+        """The contiguous part of this batch for data-parallel `rank` of `world_size`."""
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
+        return self._slice(*_even_bounds(len(self), world_size)[rank])
+
+
+def normalize(x_uint8: torch.Tensor, dataset: ArrayDataset) -> torch.Tensor:
+    """float32 (x / max_value - mean) / std, per channel."""
+    mean = torch.tensor(dataset.mean, dtype=torch.float32, device=x_uint8.device).view(1, -1, 1, 1)
+    std = torch.tensor(dataset.std, dtype=torch.float32, device=x_uint8.device).view(1, -1, 1, 1)
+    return (x_uint8.float() / dataset.max_value - mean) / std
+
+
+class TrainingData:
+    """The train split on the device, a seeded index stream, and the augmentation."""
+
+    def __init__(
+        self,
+        dataset: ArrayDataset,
+        augmentation: Augmentation | None,
+        seed: int,
+        device: torch.device | str,
+    ) -> None:
+        self.device = torch.device(device)
+        self.dataset = dataset
+        self.augmentation = augmentation
+        self.train_x = dataset.train_x.to(self.device)
+        self.train_y = dataset.train_y.to(self.device)
+        self.stream = IndexStream(len(dataset.train_y), seed)
+        self.generator = torch.Generator(device=self.device)
+        self.generator.manual_seed(derive_seed(seed, _AUGMENTATION_KEY))
+
+    @property
+    def num_examples(self) -> int:
+        return self.stream.num_examples
+
+    def draw(self, batch_size: int) -> Batch:
+        """The next `batch_size` examples of the stream, with their augmentation parameters."""
+        indices = self.stream.take(batch_size)
+        params = None if self.augmentation is None else self.augmentation.sample(batch_size, self.generator)
+        return Batch(indices, params)
+
+    def examples(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x, y) on the device: x normalized float32, augmented with the batch's parameters."""
+        indices = batch.indices.to(self.device)
+        x = normalize(self.train_x[indices], self.dataset)
+        if self.augmentation is not None:
+            x = self.augmentation.apply(x, batch.aug_params)
+        return x, self.train_y[indices]
+
+    def state_dict(self) -> dict:
+        return {"stream": self.stream.state_dict(), "generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.stream.load_state_dict(state["stream"])
+        self.generator.set_state(state["generator"])
+
+
+def test_batches(
+    dataset: ArrayDataset, batch_size: int, device: torch.device | str
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The normalized test split in order, without augmentation."""
+    for start in range(0, len(dataset.test_y), batch_size):
+        x = dataset.test_x[start : start + batch_size].to(device)
+        y = dataset.test_y[start : start + batch_size].to(device)
+        yield normalize(x, dataset), y
+
+
+test_batches.__test__ = False  # keep pytest from collecting it where tests import it by name

@@ -1,0 +1,283 @@
+"""Loading the datasets of the paper into in-memory uint8 tensors.
+
+The on-disk formats (IDX files for MNIST / Fashion-MNIST, the pickled python
+batches for CIFAR) are parsed here; torchvision is used only to download
+missing files, after which the same parsers read them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+DATASETS = ("digits", "fashion_mnist", "mnist", "cifar10", "cifar100")
+
+# Debian package `dataset-fashion-mnist`; module-level so tests can redirect it.
+DEBIAN_FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+
+_IDX_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+_IDX_UBYTE = 0x08
+
+
+class DatasetUnavailable(RuntimeError):
+    """A dataset is neither on disk nor downloadable; the message is one line."""
+
+
+@dataclass(frozen=True, eq=False)
+class ArrayDataset:
+    name: str
+    train_x: torch.Tensor  # uint8 (N, C, H, W)
+    train_y: torch.Tensor  # int64 (N,)
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    num_classes: int
+    max_value: float
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        channels, height, width = self.train_x.shape[1:]
+        return channels, height, width
+
+    def to(self, device: torch.device | str) -> ArrayDataset:
+        return dataclasses.replace(
+            self,
+            train_x=self.train_x.to(device),
+            train_y=self.train_y.to(device),
+            test_x=self.test_x.to(device),
+            test_y=self.test_y.to(device),
+        )
+
+
+def load_dataset(name: str, data_dir: str | Path, download: bool = True) -> ArrayDataset:
+    data_dir = Path(data_dir)
+    if name == "digits":
+        return _load_digits()
+    if name == "mnist":
+        return _load_idx_dataset(
+            name,
+            data_dir,
+            download,
+            torchvision_class="MNIST",
+            search_dirs=[data_dir / "MNIST" / "raw"],
+            mean=(0.1307,),
+            std=(0.3081,),
+        )
+    if name == "fashion_mnist":
+        return _load_idx_dataset(
+            name,
+            data_dir,
+            download,
+            torchvision_class="FashionMNIST",
+            search_dirs=[DEBIAN_FASHION_MNIST_DIR, data_dir / "FashionMNIST" / "raw"],
+            mean=(0.2860,),
+            std=(0.3530,),
+        )
+    if name in _CIFAR:
+        return _load_cifar(name, data_dir, download)
+    raise ValueError(f"unknown dataset {name!r}; known datasets: {', '.join(DATASETS)}")
+
+
+def _download_with_torchvision(dataset_class: str, root: Path) -> None:
+    """Let torchvision fetch (and checksum) the raw files into `root`."""
+    import torchvision.datasets
+
+    getattr(torchvision.datasets, dataset_class)(root=str(root), train=True, download=True)
+
+
+def _download_or_explain(name: str, torchvision_class: str, data_dir: Path, download: bool, hint: str) -> None:
+    """Download via torchvision, or raise DatasetUnavailable with a one-line explanation."""
+    message = (
+        f"dataset {name!r} not found in {data_dir} ({hint}); it downloads automatically with network access, "
+        f"or copy the torchvision {torchvision_class} files there and pass data_dir=/that/path"
+    )
+    if not download:
+        raise DatasetUnavailable(message + " (download=False)")
+    try:
+        _download_with_torchvision(torchvision_class, data_dir)
+    except (OSError, RuntimeError) as error:  # URLError is an OSError
+        reason = " ".join(str(error).split())
+        raise DatasetUnavailable(f"{message} (download failed: {type(error).__name__}: {reason})") from error
+
+
+# --- sklearn digits -------------------------------------------------------------------------
+
+
+def _load_digits() -> ArrayDataset:
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    images = digits.images.astype(np.uint8)[:, None]  # values 0..16
+    labels = digits.target.astype(np.int64)
+    train_x, test_x, train_y, test_y = train_test_split(
+        images, labels, test_size=0.2, stratify=labels, random_state=0
+    )
+    max_value = 16.0
+    scaled = train_x.astype(np.float64) / max_value
+    return ArrayDataset(
+        name="digits",
+        train_x=torch.from_numpy(train_x),
+        train_y=torch.from_numpy(train_y),
+        test_x=torch.from_numpy(test_x),
+        test_y=torch.from_numpy(test_y),
+        num_classes=10,
+        max_value=max_value,
+        mean=tuple(float(v) for v in scaled.mean(axis=(0, 2, 3))),
+        std=tuple(float(v) for v in scaled.std(axis=(0, 2, 3))),
+    )
+
+
+# --- IDX files (MNIST, Fashion-MNIST) ---------------------------------------------------------
+
+
+def read_idx(path: str | Path, ndim: int) -> np.ndarray:
+    """Read an uncompressed or gzipped IDX file of unsigned bytes with `ndim` dimensions."""
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        raw = f.read()
+    expected_magic = (_IDX_UBYTE << 8) | ndim
+    header_size = 4 + 4 * ndim
+    magic = int.from_bytes(raw[:4], "big") if len(raw) >= 4 else None
+    if magic != expected_magic:
+        found = "truncated header" if magic is None else f"magic 0x{magic:08x}"
+        raise ValueError(f"{path}: not a {ndim}-d uint8 IDX file ({found}, expected magic 0x{expected_magic:08x})")
+    dims = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
+    if len(raw) != header_size + int(np.prod(dims)):
+        raise ValueError(
+            f"{path}: corrupt IDX file (header says {dims} = {int(np.prod(dims))} bytes, "
+            f"found {len(raw) - header_size})"
+        )
+    return np.frombuffer(raw, dtype=np.uint8, offset=header_size).reshape(dims)
+
+
+def _find_idx_file(directory: Path, stem: str) -> Path | None:
+    for candidate in (directory / stem, directory / f"{stem}.gz"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _has_idx_files(directory: Path) -> bool:
+    stems = [stem for pair in _IDX_FILES.values() for stem in pair]
+    return all(_find_idx_file(directory, stem) is not None for stem in stems)
+
+
+def _read_idx_split(directory: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    image_stem, label_stem = _IDX_FILES[split]
+    images = read_idx(_find_idx_file(directory, image_stem), ndim=3)
+    labels = read_idx(_find_idx_file(directory, label_stem), ndim=1)
+    if len(images) != len(labels):
+        raise ValueError(f"{directory}: {split} split has {len(images)} images but {len(labels)} labels")
+    x = torch.from_numpy(images.copy()).unsqueeze(1)
+    y = torch.from_numpy(labels.astype(np.int64))
+    return x, y
+
+
+def _load_idx_dataset(
+    name: str,
+    data_dir: Path,
+    download: bool,
+    torchvision_class: str,
+    search_dirs: list[Path],
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+) -> ArrayDataset:
+    directory = next((d for d in search_dirs if _has_idx_files(d)), None)
+    if directory is None:
+        looked = " and ".join(str(d) for d in search_dirs)
+        _download_or_explain(
+            name, torchvision_class, data_dir, download, hint=f"looked for the 4 IDX files in {looked}"
+        )
+        directory = data_dir / torchvision_class / "raw"
+    train_x, train_y = _read_idx_split(directory, "train")
+    test_x, test_y = _read_idx_split(directory, "test")
+    return ArrayDataset(name, train_x, train_y, test_x, test_y, 10, 255.0, mean, std)
+
+
+# --- CIFAR python batches ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _CifarLayout:
+    torchvision_class: str
+    folder: str
+    train_files: tuple[str, ...]
+    test_files: tuple[str, ...]
+    label_key: str
+    num_classes: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+
+_CIFAR = {
+    "cifar10": _CifarLayout(
+        torchvision_class="CIFAR10",
+        folder="cifar-10-batches-py",
+        train_files=tuple(f"data_batch_{i}" for i in range(1, 6)),
+        test_files=("test_batch",),
+        label_key="labels",
+        num_classes=10,
+        mean=(0.4914, 0.4822, 0.4465),
+        std=(0.2470, 0.2435, 0.2616),
+    ),
+    "cifar100": _CifarLayout(
+        torchvision_class="CIFAR100",
+        folder="cifar-100-python",
+        train_files=("train",),
+        test_files=("test",),
+        label_key="fine_labels",
+        num_classes=100,
+        mean=(0.5071, 0.4865, 0.4409),
+        std=(0.2673, 0.2564, 0.2762),
+    ),
+}
+
+
+def read_cifar_batch(path: str | Path, label_key: str) -> tuple[np.ndarray, np.ndarray]:
+    """Read one pickled CIFAR batch: images (N, 3, 32, 32) uint8 and labels (N,) int64.
+
+    The files are Python 2 pickles; like torchvision we unpickle with latin1 and
+    accept both str and bytes keys (the latter appear when re-pickled from Python 3).
+    """
+    with open(path, "rb") as f:
+        entry = pickle.load(f, encoding="latin1")
+    entry = {key.decode() if isinstance(key, bytes) else key: value for key, value in entry.items()}
+    if "data" not in entry or label_key not in entry:
+        raise ValueError(f"{path}: not a CIFAR batch (keys {sorted(entry)}, expected 'data' and {label_key!r})")
+    data = np.asarray(entry["data"], dtype=np.uint8)
+    labels = np.asarray(entry[label_key], dtype=np.int64)
+    if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(labels) != len(data):
+        raise ValueError(f"{path}: corrupt CIFAR batch (data {data.shape}, {len(labels)} labels)")
+    # Each row is the 1024 red, then green, then blue values of a row-major 32x32 image.
+    return data.reshape(-1, 3, 32, 32), labels
+
+
+def _read_cifar_files(directory: Path, files: tuple[str, ...], label_key: str) -> tuple[torch.Tensor, torch.Tensor]:
+    batches = [read_cifar_batch(directory / file, label_key) for file in files]
+    x = np.concatenate([images for images, _ in batches])
+    y = np.concatenate([labels for _, labels in batches])
+    return torch.from_numpy(x), torch.from_numpy(y)
+
+
+def _load_cifar(name: str, data_dir: Path, download: bool) -> ArrayDataset:
+    layout = _CIFAR[name]
+    directory = data_dir / layout.folder
+    if not all((directory / file).is_file() for file in layout.train_files + layout.test_files):
+        _download_or_explain(name, layout.torchvision_class, data_dir, download, hint=f"looked for {layout.folder}/")
+    train_x, train_y = _read_cifar_files(directory, layout.train_files, layout.label_key)
+    test_x, test_y = _read_cifar_files(directory, layout.test_files, layout.label_key)
+    return ArrayDataset(
+        name, train_x, train_y, test_x, test_y, layout.num_classes, 255.0, layout.mean, layout.std
+    )

@@ -1,0 +1,70 @@
+"""Model zoo: ``build_model(name, input_shape, num_classes, norm, **options)``.
+
+The options a model accepts are the keyword-only parameters of its builder.
+"""
+
+import inspect
+from collections.abc import Callable, Sequence
+
+from torch import nn
+
+from adabatch.models.cnn import cnn
+from adabatch.models.mlp import logistic_regression, mlp
+from adabatch.models.norm import NORM_POLICIES, make_norm
+from adabatch.models.resnet import resnet18, resnet50
+from adabatch.models.vit import register_opacus_samplers, vit
+
+_BUILDERS: dict[str, Callable[..., nn.Module]] = {
+    "logistic": logistic_regression,
+    "mlp": mlp,
+    "cnn": cnn,
+    "resnet18": resnet18,
+    "resnet50": resnet50,
+    "vit": vit,
+}
+MODELS = tuple(_BUILDERS)
+
+__all__ = ["MODELS", "NORM_POLICIES", "build_model", "make_norm", "model_options", "register_opacus_samplers"]
+
+
+def model_options(name: str) -> tuple[str, ...]:
+    """The option names ``build_model`` accepts for model ``name``."""
+    return tuple(
+        p.name
+        for p in inspect.signature(_builder(name)).parameters.values()
+        if p.kind is p.KEYWORD_ONLY and p.name != "norm"
+    )
+
+
+def build_model(
+    name: str,
+    input_shape: Sequence[int],
+    num_classes: int,
+    norm: str = "group",
+    **options: object,
+) -> nn.Module:
+    """Build model ``name`` for inputs of shape (C, H, W) and ``num_classes`` logits.
+
+    ``norm`` ("group", "batch" or "none") only affects the ResNets; other models ignore it.
+    """
+    builder = _builder(name)
+    if norm not in NORM_POLICIES:
+        raise ValueError(f"unknown norm {norm!r}; expected one of {NORM_POLICIES}")
+    allowed = model_options(name)
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise ValueError(f"unknown option(s) {unknown} for model {name!r}; allowed: {list(allowed)}")
+    shape = tuple(int(s) for s in input_shape)
+    if len(shape) != 3 or min(shape) < 1:
+        raise ValueError(f"input_shape must be positive (C, H, W), got {tuple(input_shape)}")
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    if "norm" in inspect.signature(builder).parameters:
+        options["norm"] = norm
+    return builder(shape, num_classes, **options)
+
+
+def _builder(name: str) -> Callable[..., nn.Module]:
+    if name not in _BUILDERS:
+        raise ValueError(f"unknown model {name!r}; expected one of {MODELS}")
+    return _BUILDERS[name]

@@ -1,0 +1,70 @@
+"""A run's own records, the source of truth for every figure and table.
+
+    <run_dir>/config.yaml    the resolved config
+    <run_dir>/metrics.jsonl  one JSON object per line; "kind" is "train" or "eval"
+    <run_dir>/summary.json   written at the end (atomically)
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+CONFIG_FILE = "config.yaml"
+METRICS_FILE = "metrics.jsonl"
+SUMMARY_FILE = "summary.json"
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write to a temporary file in the same directory, fsync, then rename over `path`."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class RunRecords:
+    def __init__(self, run_dir: str | Path) -> None:
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._metrics = None
+
+    def write_config(self, config: Mapping[str, Any]) -> None:
+        write_atomic(self.run_dir / CONFIG_FILE, yaml.safe_dump(dict(config), sort_keys=False))
+
+    def append(self, record: Mapping[str, Any]) -> None:
+        if self._metrics is None:
+            self._metrics = open(self.run_dir / METRICS_FILE, "a")
+        self._metrics.write(json.dumps(record) + "\n")
+        self._metrics.flush()
+
+    def write_summary(self, summary: Mapping[str, Any]) -> None:
+        write_atomic(self.run_dir / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
+
+    def close(self) -> None:
+        if self._metrics is not None:
+            self._metrics.close()
+            self._metrics = None
+
+
+def read_metrics(run_dir: str | Path, kind: str | None = None) -> Iterator[dict[str, Any]]:
+    with open(Path(run_dir) / METRICS_FILE) as f:
+        for line in f:
+            record = json.loads(line)
+            if kind is None or record.get("kind") == kind:
+                yield record
+
+
+def read_summary(run_dir: str | Path) -> dict[str, Any]:
+    return json.loads((Path(run_dir) / SUMMARY_FILE).read_text())

@@ -1,0 +1,81 @@
+"""Where a run's records go: its own files (the source of truth), W&B if asked, and the console."""
+from __future__ import annotations
+
+import math
+import platform
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from .progress import Progress
+from .records import RunRecords
+
+
+class Reporter:
+    def __init__(self, cfg: DictConfig, run_dir: Path) -> None:
+        config = OmegaConf.to_container(cfg, resolve=True)
+        self.records = RunRecords(run_dir)
+        self.records.write_config(config)
+        self.progress = Progress(cfg.train.samples, every_s=cfg.train.progress_every_s)
+        self.wandb = None
+        if cfg.logger.name == "wandb":
+            from .wandb_sink import WandbSink
+
+            self.wandb = WandbSink(cfg.logger, config, run_dir, name=run_dir.name)
+        self.log_every = cfg.train.log_every
+        self.norm_policy = cfg.model.norm
+        self.last_train: dict[str, Any] | None = None
+        self.best_train_loss = math.inf
+        self.evals: list[dict[str, Any]] = []
+
+    def _emit(self, record: dict[str, Any]) -> None:
+        self.records.append(record)
+        if self.wandb is not None:
+            self.wandb.log(record)
+
+    def training(self, **fields: Any) -> None:
+        record = {"kind": "train", **fields}
+        self.last_train = record
+        self.best_train_loss = min(self.best_train_loss, record["train_loss"])
+        if record["step"] % self.log_every == 0:
+            self._emit(record)
+        self.progress.update(record)
+
+    def evaluation(self, **fields: Any) -> None:
+        record = {"kind": "eval", **fields}
+        self.evals.append(record)
+        self._emit(record)
+        self.progress.note(
+            f"eval at step {record['step']} ({record['samples']} samples): "
+            f"test loss {record['test_loss']:.4f}, test acc {record['test_acc']:.4f}"
+        )
+
+    def finish(self, *, status: str, steps: int, samples: int, **fields: Any) -> dict[str, Any]:
+        """Write summary.json (and the W&B summary) and return the summary."""
+        if self.last_train is not None and self.last_train["step"] % self.log_every != 0:
+            self._emit(self.last_train)  # the last step is always on record
+        final = self.evals[-1] if self.evals else {}
+        summary = {
+            "status": status,
+            "steps": steps,
+            "samples": samples,
+            **fields,
+            "final_test_loss": final.get("test_loss"),
+            "final_test_acc": final.get("test_acc"),
+            "best_test_acc": max((e["test_acc"] for e in self.evals), default=None),
+            "best_train_loss": self.best_train_loss if steps else None,
+            "final_train_loss": self.last_train["train_loss"] if self.last_train else None,
+            "final_batch_size": self.last_train["batch_size"] if self.last_train else None,
+            "mean_batch_size": samples / steps if steps else None,
+            "norm_policy": self.norm_policy,
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+        }
+        self.records.write_summary(summary)
+        self.records.close()
+        self.progress.close()
+        if self.wandb is not None:
+            self.wandb.finish(summary)
+        return summary

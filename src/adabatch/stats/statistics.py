@@ -1,0 +1,60 @@
+"""The tests' statistics from the sums (paper-notes section 2), all unbiased (divide by b - 1)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .sums import GradientSums
+
+IP_MODES = ("global", "per_tensor")
+
+
+@dataclass(frozen=True)
+class BatchStatistics:
+    batch_size: int
+    grad_sq_norm: float                 # ||gbar||^2
+    norm_var: float                     # V = sum_i ||g_i - gbar||^2 / (b-1)
+    ip_var: float | None = None         # V_ip: sample variance of <g_i, gbar>
+    orth_var: float | None = None       # V_orth: sum_i ||r_i||^2 / (b-1), r_i = g_i - <g_i,gbar>/||gbar||^2 gbar
+    coord_var: list[torch.Tensor] | None = None   # V_j per coordinate, shaped like the parameters
+    mean_grad: list[torch.Tensor] | None = None   # gbar, shaped like the parameters (for the coordinate test)
+
+
+def batch_statistics(sums: GradientSums, ip_mode: str = "global") -> BatchStatistics:
+    """`ip_mode="per_tensor"` reproduces the authors' code: inner products and projections per
+    parameter tensor, variances summed over tensors (cross-tensor terms dropped)."""
+    if ip_mode not in IP_MODES:
+        raise ValueError(f"batch_size.ip_mode={ip_mode!r} is unknown; choose one of {', '.join(IP_MODES)}")
+    b = sums.count
+    if b < 2:
+        raise ValueError(f"the batch-size tests need at least 2 examples per batch, got {b}; raise batch_size.initial")
+    mean_grad = sums.mean_gradient()
+    tensor_sq = torch.stack([m.pow(2).sum() for m in mean_grad])  # ||gbar^t||^2
+    grad_sq = tensor_sq.sum()
+    norm_var = (sums.sq_norm.sum() - b * grad_sq) / (b - 1)
+
+    ip_var = orth_var = None
+    if sums.needs.inner_products:
+        if ip_mode == "global":
+            ip_var = (sums.global_ip_sq - b * grad_sq**2) / (b - 1)
+            orth_var = (sums.sq_norm.sum() - sums.global_ip_sq / grad_sq) / (b - 1)
+        else:
+            live = tensor_sq > 0  # a tensor with gbar^t = 0 has no direction to project on
+            ip_var = (sums.ip_sq - b * tensor_sq**2).sum() / (b - 1)
+            orth_var = (sums.sq_norm[live] - sums.ip_sq[live] / tensor_sq[live]).sum() / (b - 1)
+        ip_var, orth_var = ip_var.item(), orth_var.item()
+
+    coord_var = None
+    if sums.coord_sq is not None:
+        coord_var = [(sq - b * m.pow(2)) / (b - 1) for sq, m in zip(sums.coord_sq, mean_grad)]
+
+    return BatchStatistics(
+        batch_size=b,
+        grad_sq_norm=grad_sq.item(),
+        norm_var=norm_var.item(),
+        ip_var=ip_var,
+        orth_var=orth_var,
+        coord_var=coord_var,
+        mean_grad=mean_grad if coord_var is not None else None,
+    )

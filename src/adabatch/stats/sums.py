@@ -1,0 +1,62 @@
+"""Sums over examples from which every test statistic follows exactly.
+
+Counts, sum_i g_i, sum_i ||g_i||^2 and sum_i g_i*g_i are additive: micro-batches (and data-parallel
+ranks) combine by summation, which gives the exact full-batch statistic. The inner-product sums need
+the final batch gradient, so they are added in a second phase, once that gradient is known.
+Sums are kept in float64 whatever the model's dtype.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class Needs:
+    """Which sums a test needs beyond the norm test's."""
+
+    inner_products: bool = False
+    coordinates: bool = False
+
+
+class GradientSums:
+    def __init__(self, params: list[torch.Tensor], needs: Needs) -> None:
+        self.needs = needs
+        self.count = 0
+        self.grad = [torch.zeros_like(p, dtype=torch.float64) for p in params]  # sum_i g_i
+        num_tensors = len(params)
+        device = params[0].device
+        self.sq_norm = torch.zeros(num_tensors, dtype=torch.float64, device=device)  # per tensor t: sum_i ||g_i^t||^2
+        self.coord_sq = [torch.zeros_like(g) for g in self.grad] if needs.coordinates else None  # sum_i g_i*g_i
+        # Second phase, per tensor t: sum_i <g_i^t, gbar^t>^2, and globally sum_i <g_i, gbar>^2.
+        self.ip_sq = torch.zeros(num_tensors, dtype=torch.float64, device=device)
+        self.global_ip_sq = torch.zeros((), dtype=torch.float64, device=device)
+
+    def add_examples(self, per_example: list[torch.Tensor]) -> None:
+        """First phase: add a micro-batch of per-example gradients [(n, *p.shape) per parameter]."""
+        self.count += per_example[0].shape[0]
+        for t, g in enumerate(per_example):
+            flat = g.flatten(1)
+            self.grad[t] += g.sum(0, dtype=torch.float64)
+            self.sq_norm[t] += flat.pow(2).sum(dtype=torch.float64)
+            if self.coord_sq is not None:
+                self.coord_sq[t] += g.pow(2).sum(0, dtype=torch.float64)
+
+    def mean_gradient(self) -> list[torch.Tensor]:
+        return [g / self.count for g in self.grad]
+
+    def add_inner_products(self, per_example: list[torch.Tensor], mean_grad: list[torch.Tensor]) -> None:
+        """Second phase: add <g_i^t, gbar^t> terms of a micro-batch, given the whole batch's gbar."""
+        per_tensor = torch.stack(
+            [g.flatten(1).double() @ m.flatten() for g, m in zip(per_example, mean_grad)], dim=1
+        )  # (n, T): <g_i^t, gbar^t>
+        self.ip_sq += per_tensor.pow(2).sum(0)
+        self.global_ip_sq += per_tensor.sum(1).pow(2).sum()
+
+    def first_phase_tensors(self) -> list[torch.Tensor]:
+        """The additive sums of the first phase, for an all-reduce across ranks."""
+        return [*self.grad, self.sq_norm, *(self.coord_sq or [])]
+
+    def second_phase_tensors(self) -> list[torch.Tensor]:
+        return [self.ip_sq, self.global_ip_sq]

@@ -1,0 +1,170 @@
+"""Every test statistic against a brute-force float64 loop over examples, for both per-example
+engines and for every split of the batch into micro-batches."""
+import math
+
+import pytest
+import torch
+
+from adabatch.batch_size import build_policy
+from adabatch.data import ArrayDataset, TrainingData, build_augmentation
+from adabatch.models import build_model
+from adabatch.stats import ENGINES, Needs, build_engine, gradient_with_statistics
+from adabatch.step import accumulate_gradient
+
+BATCH = 14
+SPLITS = (1, 2, 3, 7)  # number of micro-batches
+MODELS = {
+    "mlp": ("mlp", (1, 6, 6), {"hidden": [9]}, "none"),
+    "cnn": ("cnn", (1, 8, 8), {}, "none"),
+    "resnet18_gn": ("resnet18", (3, 8, 8), {"width": 4, "groups": 2}, "crop_flip"),
+    "vit": ("vit", (3, 8, 8), {"dim": 8, "depth": 2, "heads": 2, "patch": 4}, "vit"),
+}
+ETA, THETA, NU = 0.3, 0.7, 1.1
+
+
+class Float64(torch.nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.model = model.double()
+
+    def forward(self, x):
+        return self.model(x.double())
+
+
+def random_dataset(shape, n=40, classes=5, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    images = lambda count: torch.randint(0, 256, (count, *shape), generator=g, dtype=torch.uint8)  # noqa: E731
+    labels = lambda count: torch.randint(0, classes, (count,), generator=g)  # noqa: E731
+    c = shape[0]
+    return ArrayDataset("random", images(n), labels(n), images(8), labels(8), classes, 255.0, (0.5,) * c, (0.25,) * c)
+
+
+def setup(model_key, seed=0):
+    name, shape, options, augmentation = MODELS[model_key]
+    dataset = random_dataset(shape)
+    data = TrainingData(dataset, build_augmentation(augmentation), seed=seed, device=torch.device("cpu"))
+    torch.manual_seed(seed)
+    model = Float64(build_model(name, shape, dataset.num_classes, norm="group", **options))
+    return model, data, data.draw(BATCH)
+
+
+def brute_force(model, data, batch):
+    """Per-example gradients one example at a time, then every statistic straight from its definition."""
+    x, y = data.examples(batch)
+    params = [p for p in model.parameters() if p.requires_grad]
+    rows = []
+    for i in range(len(y)):
+        model.zero_grad()
+        torch.nn.functional.cross_entropy(model(x[i : i + 1]), y[i : i + 1]).backward()
+        rows.append(torch.cat([p.grad.flatten() for p in params]).double())
+    g = torch.stack(rows)
+    b = g.shape[0]
+    gbar = g.mean(0)
+    sq = gbar @ gbar
+    ip = g @ gbar
+    residual = g - (ip / sq)[:, None] * gbar
+    sizes = [p.numel() for p in params]
+    per_tensor_ip = per_tensor_orth = 0.0
+    for gt, mt in zip(g.split(sizes, dim=1), gbar.split(sizes)):
+        ipt = gt @ mt
+        per_tensor_ip += ipt.var(unbiased=True)
+        if mt @ mt > 0:
+            rt = gt - (ipt / (mt @ mt))[:, None] * mt
+            per_tensor_orth += ((rt - rt.mean(0)) ** 2).sum() / (b - 1)
+    coord_var = g.var(0, unbiased=True)
+    return {
+        "gbar": gbar,
+        "grad_sq_norm": sq,
+        "norm_var": ((g - gbar) ** 2).sum() / (b - 1),
+        "ip_var": ip.var(unbiased=True),
+        "orth_var": ((residual - residual.mean(0)) ** 2).sum() / (b - 1),
+        "per_tensor_ip_var": per_tensor_ip,
+        "per_tensor_orth_var": per_tensor_orth,
+        "coord_var": coord_var,
+        # a coordinate with no variance proposes nothing (0/0 for dead units counts as 0)
+        "coord_proposal": torch.where(coord_var == 0, 0.0, coord_var / (ETA**2 * gbar**2)).max(),
+    }
+
+
+@pytest.fixture(scope="module")
+def references():
+    cache = {}
+
+    def get(model_key):
+        if model_key not in cache:
+            model, data, batch = setup(model_key)
+            cache[model_key] = brute_force(model, data, batch)
+        return cache[model_key]
+
+    return get
+
+
+def close(actual, expected, rel=1e-8):
+    expected = float(expected)
+    assert actual == pytest.approx(expected, rel=rel, abs=1e-300), (actual, expected)
+
+
+@pytest.mark.parametrize("splits", SPLITS)
+@pytest.mark.parametrize("engine_name", ENGINES)
+@pytest.mark.parametrize("model_key", MODELS)
+def test_statistics_match_brute_force(model_key, engine_name, splits, references):
+    ref = references(model_key)
+    model, data, batch = setup(model_key)
+    engine = build_engine(engine_name, model)
+    max_micro = math.ceil(BATCH / splits)
+    assert len(batch.split(max_micro)) == splits
+    needs = Needs(inner_products=True, coordinates=True)
+    for ip_mode in ("global", "per_tensor"):
+        model.zero_grad(set_to_none=True)
+        _, s = gradient_with_statistics(engine, data, batch, max_micro, needs, ip_mode)
+        close(s.grad_sq_norm, ref["grad_sq_norm"])
+        close(s.norm_var, ref["norm_var"])
+        close(s.ip_var, ref["ip_var" if ip_mode == "global" else "per_tensor_ip_var"])
+        close(s.orth_var, ref["orth_var" if ip_mode == "global" else "per_tensor_orth_var"])
+    coord_var = torch.cat([v.flatten() for v in s.coord_var])
+    torch.testing.assert_close(coord_var, ref["coord_var"], rtol=1e-8, atol=1e-14 * float(ref["coord_var"].abs().max()))
+    gbar = torch.cat([p.grad.flatten() for p in model.parameters()])
+    torch.testing.assert_close(gbar, ref["gbar"], rtol=1e-10, atol=1e-14)
+
+    proposals = {
+        "norm": ref["norm_var"] / (ETA**2 * ref["grad_sq_norm"]),
+        "inner_product": ref["ip_var"] / (THETA**2 * ref["grad_sq_norm"] ** 2),
+        "augmented_inner_product": max(
+            ref["ip_var"] / (THETA**2 * ref["grad_sq_norm"] ** 2), ref["orth_var"] / (NU**2 * ref["grad_sq_norm"])
+        ),
+        "coordinate_norm": ref["coord_proposal"],
+    }
+    s_global = gradient_with_statistics(engine, data, batch, max_micro, needs, "global")[1]
+    parameters = {"norm": {"eta": ETA}, "coordinate_norm": {"eta": ETA}, "inner_product": {"theta": THETA},
+                  "augmented_inner_product": {"theta": THETA, "nu": NU}}
+    for name, expected in proposals.items():
+        policy = build_policy({"name": name, "initial": 2, "max": 10**12, **parameters[name]}, budget=1)
+        decision = policy.decide(step=1, samples=BATCH, batch_size=BATCH, statistics=s_global)
+        close(decision.record["proposal"], expected)
+        assert decision.next_size == max(BATCH, math.ceil(decision.record["proposal"]))
+
+
+@pytest.mark.parametrize("model_key", ["cnn", "vit"])
+def test_tested_step_leaves_the_same_gradient_as_a_plain_step(model_key):
+    model, data, batch = setup(model_key)
+    accumulate_gradient(model, data, batch, max_micro=5)
+    plain = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad(set_to_none=True)
+    loss, _ = gradient_with_statistics(build_engine("opacus", model), data, batch, 4, Needs())
+    for p, g in zip(model.parameters(), plain):
+        torch.testing.assert_close(p.grad, g, rtol=1e-10, atol=1e-15)
+    model.zero_grad(set_to_none=True)
+    assert float(loss) == pytest.approx(float(accumulate_gradient(model, data, batch, max_micro=14)), rel=1e-12)
+
+
+def test_opacus_hooks_are_off_outside_tested_steps():
+    model, data, batch = setup("cnn")
+    build_engine("opacus", model)
+    accumulate_gradient(model, data, batch, max_micro=14)
+    assert all(getattr(p, "grad_sample", None) is None for p in model.parameters())
+
+
+def test_a_single_example_has_no_variance():
+    model, data, batch = setup("mlp")
+    with pytest.raises(ValueError, match="at least 2 examples"):
+        gradient_with_statistics(build_engine("functorch", model), data, batch.split(1)[0], 1, Needs())

@@ -1,0 +1,102 @@
+import json
+import math
+
+import pytest
+import yaml
+import torch
+from helpers import compose
+
+from adabatch.data import TrainingData, build_augmentation, load_dataset
+from adabatch.models import build_model
+from adabatch.optim import build_optimizer
+from adabatch.records import read_metrics, read_summary
+from adabatch.step import accumulate_gradient
+from adabatch.training import train
+
+TINY = ("device=cpu", "train.eval_every=400", "train.progress_every_s=0")
+
+
+class Float64(torch.nn.Module):
+    """Runs the wrapped model in float64 so that splits can be compared to the last digits."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model.double()
+
+    def forward(self, x):
+        return self.model(x.double())
+
+
+@pytest.mark.parametrize("optimizer", ["adagrad", "adagrad_norm", "adam", "sgdm"])
+def test_a_step_over_micro_batches_equals_the_unsplit_step(optimizer):
+    dataset = load_dataset("digits", "unused")
+    data = TrainingData(dataset, build_augmentation("crop_flip"), seed=3, device=torch.device("cpu"))
+    batch = data.draw(45)
+    results = []
+    for max_micro in (45, 23, 15, 7):
+        torch.manual_seed(0)
+        model = Float64(build_model("cnn", dataset.input_shape, dataset.num_classes))
+        opt = build_optimizer({"name": optimizer, "lr": 0.05}, model.parameters())
+        for _ in range(2):  # two steps, so the optimizers' states matter too
+            opt.zero_grad()
+            loss = accumulate_gradient(model, data, batch, max_micro)
+            opt.step()
+        results.append((loss.item(), torch.cat([p.detach().flatten() for p in model.parameters()])))
+    loss_ref, params_ref = results[0]
+    for loss, params in results[1:]:
+        assert loss == pytest.approx(loss_ref, rel=1e-13)
+        torch.testing.assert_close(params, params_ref, rtol=1e-12, atol=1e-13)
+
+
+def test_training_writes_the_record_contract(tmp_path):
+    cfg = compose(*TINY, "train.samples=1500", "batch_size=linear_ramp", "batch_size.initial=16",
+                  "batch_size.increment=16", "batch_size.max=100", "batch_size.max_micro=40")
+    summary = train(cfg, tmp_path)
+
+    config = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    assert config["batch_size"]["increment"] == 16 and config["data_dir"] == "data"
+    records = list(read_metrics(tmp_path, "train"))
+    evals = list(read_metrics(tmp_path, "eval"))
+    assert [r["batch_size"] for r in records[:8]] == [16, 32, 48, 64, 80, 96, 100, 100]
+    for r in records:
+        assert {"step", "samples", "batch_size", "lr", "train_loss", "time_s", "next_batch_size"} <= r.keys()
+        assert math.isfinite(r["train_loss"])
+    assert [r["step"] for r in records] == list(range(1, len(records) + 1))
+    assert records[-1]["samples"] == sum(r["batch_size"] for r in records) >= 1500
+    assert evals[0]["samples"] == 0 and evals[-1]["samples"] == records[-1]["samples"]
+    assert all(b["samples"] - a["samples"] >= 400 for a, b in zip(evals[:-2], evals[1:-1]))
+    for e in evals:
+        assert {"step", "samples", "test_loss", "test_acc"} <= e.keys() and 0 <= e["test_acc"] <= 1
+
+    on_disk = read_summary(tmp_path)
+    assert on_disk == json.loads(json.dumps(summary))
+    assert on_disk["status"] == "completed"
+    assert on_disk["steps"] == len(records) and on_disk["samples"] == records[-1]["samples"]
+    assert on_disk["final_batch_size"] == 100
+    assert on_disk["mean_batch_size"] == pytest.approx(on_disk["samples"] / on_disk["steps"])
+    assert on_disk["best_test_acc"] == max(e["test_acc"] for e in evals)
+    assert on_disk["final_test_acc"] == evals[-1]["test_acc"]
+    assert on_disk["norm_policy"] == "group"
+    for key in ("wall_time_s", "train_time_s", "best_train_loss"):
+        assert on_disk[key] > 0
+
+
+def test_same_seed_same_run_and_log_every(tmp_path):
+    overrides = (*TINY, "train.samples=600", "optimizer=adam", "schedule=cosine", "dataset.augmentation=crop_flip")
+    first = train(compose(*overrides), tmp_path / "a")
+    second = train(compose(*overrides, "train.log_every=4"), tmp_path / "b")
+    assert first["final_test_acc"] == second["final_test_acc"]
+    a = list(read_metrics(tmp_path / "a", "train"))
+    b = list(read_metrics(tmp_path / "b", "train"))
+    steps = [r["step"] for r in b]
+    assert steps == [s for s in range(1, len(a) + 1) if s % 4 == 0] + ([len(a)] if len(a) % 4 else [])
+    by_step = {r["step"]: r for r in a}
+    for r in b:
+        assert r["train_loss"] == by_step[r["step"]]["train_loss"] and r["lr"] == by_step[r["step"]]["lr"]
+    assert a[-1]["lr"] < a[0]["lr"]  # cosine decays
+
+
+def test_different_seeds_differ(tmp_path):
+    a = train(compose(*TINY, "train.samples=300", "seed=1"), tmp_path / "a")
+    b = train(compose(*TINY, "train.samples=300", "seed=2"), tmp_path / "b")
+    assert a["final_train_loss"] != b["final_train_loss"]
