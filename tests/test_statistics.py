@@ -168,3 +168,17 @@ def test_a_single_example_has_no_variance():
     model, data, batch = setup("mlp")
     with pytest.raises(ValueError, match="at least 2 examples"):
         gradient_with_statistics(build_engine("functorch", model), data, batch.split(1)[0], 1, Needs())
+
+
+def test_engines_agree_in_float32_on_channels_last_activations():
+    """On the CPU a 1-channel conv can output channels-last; Opacus' conv sampler assumes a
+    contiguous layout unless the engine makes activations contiguous."""
+    torch.manual_seed(0)
+    model = build_model("cnn", (1, 12, 12), 10)
+    x = torch.randn(6, 12, 12, 1).permute(0, 3, 1, 2)  # strides (144, 1, 12, 1), as the IDX/digits data arrive
+    y = torch.randint(0, 10, (6,))
+    assert not model[0](x).is_contiguous()  # the situation this test is about
+    _, functorch = build_engine("functorch", model).per_example_gradients(x, y)
+    _, opacus = build_engine("opacus", model).per_example_gradients(x, y)
+    for a, b in zip(opacus, functorch):
+        assert (a - b).norm() <= 1e-5 * b.norm()

@@ -44,6 +44,7 @@ class OpacusEngine(PerExampleEngine):
         if errors:
             raise ValueError(f"per-example gradients are not defined for this model: {errors[0]}; use model.norm=group")
         register_opacus_samplers()
+        register_contiguous_conv_sampler()
         # Opacus' hooks see no input that requires grad at the first layer: expected, not a problem.
         warnings.filterwarnings("ignore", message="Full backward hook is firing when gradients are computed")
         self.wrapped = GradSampleModule(model, batch_first=True, loss_reduction="sum")
@@ -63,6 +64,20 @@ class OpacusEngine(PerExampleEngine):
             grads.append(p.grad_sample)
             p.grad_sample = None  # Opacus would otherwise accumulate across micro-batches
         return loss.detach(), grads
+
+
+def register_contiguous_conv_sampler() -> None:
+    """Opacus' conv sampler unfolds activations with `as_strided`, assuming a contiguous layout. On
+    the CPU, torch may hand a conv a channels-last input (e.g. after a 1-channel conv), and the
+    per-example weight gradients then come out wrong (seen with opacus 1.6, torch 2.15). Make the
+    activations contiguous before the unfold."""
+    from opacus.grad_sample import register_grad_sampler
+    from opacus.grad_sample.conv import compute_conv_grad_sample
+
+    def contiguous_conv_grad_sample(layer, activations, backprops):
+        return compute_conv_grad_sample(layer, [a.contiguous() for a in activations], backprops)
+
+    register_grad_sampler([nn.Conv1d, nn.Conv2d, nn.Conv3d])(contiguous_conv_grad_sample)
 
 
 class FunctorchEngine(PerExampleEngine):
