@@ -121,7 +121,7 @@ def test_make_norm_groups_adapt_to_channels():
     assert make_norm("group", 12, 8).num_groups == 6
     assert isinstance(make_norm("batch", 8), nn.BatchNorm2d)
     assert isinstance(make_norm("none", 8), nn.Identity)
-    with pytest.raises(ValueError, match="unknown norm policy 'layer'"):
+    with pytest.raises(ValueError, match="model.norm='layer' is unknown"):
         make_norm("layer", 8)
 
 
@@ -135,13 +135,13 @@ def test_batch_norm_is_reported_by_opacus():
 
 
 def test_unknown_values_are_rejected():
-    with pytest.raises(ValueError, match=r"unknown model 'resnet34'.*'resnet18'"):
+    with pytest.raises(ValueError, match=r"model='resnet34' is unknown; choose one of .*resnet18"):
         build_model("resnet34", (3, 32, 32), 10)
-    with pytest.raises(ValueError, match=r"unknown option\(s\) \['depth'\].*'width', 'groups'"):
+    with pytest.raises(ValueError, match=r"has no option\(s\) \['depth'\].*'width', 'groups'"):
         build_model("resnet18", (3, 32, 32), 10, depth=3)
-    with pytest.raises(ValueError, match=r"unknown option\(s\) \['groups'\].*\[\]"):
+    with pytest.raises(ValueError, match=r"has no option\(s\) \['groups'\].*\[\]"):
         build_model("logistic", (1, 8, 8), 10, groups=4)
-    with pytest.raises(ValueError, match="unknown norm 'layer'"):
+    with pytest.raises(ValueError, match="model.norm='layer' is unknown"):
         build_model("resnet18", (3, 32, 32), 10, norm="layer")
     with pytest.raises(ValueError, match="patch 5"):
         build_model("vit", (3, 32, 32), 10, patch=5)

@@ -11,7 +11,7 @@ from adabatch.models import build_model
 from adabatch.optim import build_optimizer
 from adabatch.records import read_metrics, read_summary
 from adabatch.step import accumulate_gradient
-from adabatch.training import train
+from adabatch.training import build_experiment, train
 
 TINY = ("device=cpu", "train.eval_every=400", "train.progress_every_s=0")
 
@@ -100,3 +100,12 @@ def test_different_seeds_differ(tmp_path):
     a = train(compose(*TINY, "train.samples=300", "seed=1"), tmp_path / "a")
     b = train(compose(*TINY, "train.samples=300", "seed=2"), tmp_path / "b")
     assert a["final_train_loss"] != b["final_train_loss"]
+
+
+def test_tests_refuse_batch_norm_with_a_clear_error():
+    cfg = compose("device=cpu", "model=resnet18", "model.width=4", "model.norm=batch", "batch_size=norm")
+    with pytest.raises(ValueError, match="batch_size=norm needs per-example gradients, which BatchNorm does not have"):
+        build_experiment(cfg)
+    # fixed schedules need no per-example gradients, so BatchNorm is fine there
+    assert build_experiment(compose("device=cpu", "model=resnet18", "model.width=4", "model.norm=batch",
+                                    "batch_size=constant")).engine is None

@@ -11,7 +11,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from .batch_size import AdaptiveTest, BatchSizePolicy, build_policy
-from .data import ArrayDataset, TrainingData, build_augmentation, load_dataset, test_batches
+from .data import ArrayDataset, Batch, TrainingData, build_augmentation, load_dataset, test_batches
 from .device import autocast, resolve_device
 from .models import build_model
 from .optim import build_optimizer
@@ -83,9 +83,13 @@ def set_learning_rate(optimizer: torch.optim.Optimizer, base_lrs: list[float], f
     return optimizer.param_groups[0]["lr"]
 
 
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+def batch_gradient(exp: Experiment, batch: Batch, max_micro: int, tested: bool) -> tuple[torch.Tensor, Any]:
+    """Leave the batch-mean gradient in .grad; return (mean loss, test statistics or None)."""
+    if tested:
+        return gradient_with_statistics(
+            exp.engine, exp.data, batch, max_micro, exp.policy.needs, exp.policy.ip_mode, exp.autocast
+        )
+    return accumulate_gradient(exp.model, exp.data, batch, max_micro, exp.autocast), None
 
 
 def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
@@ -110,13 +114,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         batch = exp.data.draw(batch_size)
         lr = set_learning_rate(exp.optimizer, base_lrs, exp.schedule(samples))
         exp.optimizer.zero_grad(set_to_none=True)
-        statistics = None
-        if exp.policy.wants_statistics(step + 1, batch_size):
-            loss, statistics = gradient_with_statistics(
-                exp.engine, exp.data, batch, max_micro, exp.policy.needs, exp.policy.ip_mode, exp.autocast
-            )
-        else:
-            loss = accumulate_gradient(exp.model, exp.data, batch, max_micro, exp.autocast)
+        tested = exp.policy.wants_statistics(step + 1, batch_size)
+        loss, statistics = batch_gradient(exp, batch, max_micro, tested)
         exp.optimizer.step()
         step, samples = step + 1, samples + len(batch)
         decision = exp.policy.decide(step=step, samples=samples, batch_size=batch_size, statistics=statistics)

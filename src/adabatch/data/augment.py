@@ -121,4 +121,4 @@ def build_augmentation(name: str) -> Augmentation | None:
         return CropFlip()
     if name == "vit":
         return FlipResizedCrop()
-    raise ValueError(f"unknown augmentation {name!r}; known augmentations: {', '.join(AUGMENTATIONS)}")
+    raise ValueError(f"dataset.augmentation={name!r} is unknown; choose one of {', '.join(AUGMENTATIONS)}")

@@ -85,7 +85,7 @@ def load_dataset(name: str, data_dir: str | Path, download: bool = True) -> Arra
         )
     if name in _CIFAR:
         return _load_cifar(name, data_dir, download)
-    raise ValueError(f"unknown dataset {name!r}; known datasets: {', '.join(DATASETS)}")
+    raise ValueError(f"dataset={name!r} is unknown; choose one of {', '.join(DATASETS)}")
 
 
 def _download_with_torchvision(dataset_class: str, root: Path) -> None:

@@ -49,11 +49,11 @@ def build_model(
     """
     builder = _builder(name)
     if norm not in NORM_POLICIES:
-        raise ValueError(f"unknown norm {norm!r}; expected one of {NORM_POLICIES}")
+        raise ValueError(f"model.norm={norm!r} is unknown; choose one of {', '.join(NORM_POLICIES)}")
     allowed = model_options(name)
     unknown = sorted(set(options) - set(allowed))
     if unknown:
-        raise ValueError(f"unknown option(s) {unknown} for model {name!r}; allowed: {list(allowed)}")
+        raise ValueError(f"model={name} has no option(s) {unknown}; its options are {list(allowed)}")
     shape = tuple(int(s) for s in input_shape)
     if len(shape) != 3 or min(shape) < 1:
         raise ValueError(f"input_shape must be positive (C, H, W), got {tuple(input_shape)}")
@@ -66,5 +66,5 @@ def build_model(
 
 def _builder(name: str) -> Callable[..., nn.Module]:
     if name not in _BUILDERS:
-        raise ValueError(f"unknown model {name!r}; expected one of {MODELS}")
+        raise ValueError(f"model={name!r} is unknown; choose one of {', '.join(MODELS)}")
     return _BUILDERS[name]

@@ -29,4 +29,4 @@ def make_norm(policy: str, channels: int, groups: int = 32) -> nn.Module:
         return nn.BatchNorm2d(channels)
     if policy == "none":
         return nn.Identity()
-    raise ValueError(f"unknown norm policy {policy!r}; expected one of {NORM_POLICIES}")
+    raise ValueError(f"model.norm={policy!r} is unknown; choose one of {', '.join(NORM_POLICIES)}")

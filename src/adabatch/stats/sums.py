@@ -53,10 +53,3 @@ class GradientSums:
         )  # (n, T): <g_i^t, gbar^t>
         self.ip_sq += per_tensor.pow(2).sum(0)
         self.global_ip_sq += per_tensor.sum(1).pow(2).sum()
-
-    def first_phase_tensors(self) -> list[torch.Tensor]:
-        """The additive sums of the first phase, for an all-reduce across ranks."""
-        return [*self.grad, self.sq_norm, *(self.coord_sq or [])]
-
-    def second_phase_tensors(self) -> list[torch.Tensor]:
-        return [self.ip_sq, self.global_ip_sq]
