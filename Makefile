@@ -41,3 +41,66 @@ environment:
 
 clean-runs:
 	rm -rf runs multirun outputs
+
+# ---------------------------------------------------------------------------------------------
+# Reproduction. Every run is a make target (its summary.json), so an interrupted reproduction
+# resumes where it stopped and finished runs are skipped. A run is <experiment>/<method>-<optimizer>/seed<k>:
+# experiment from configs/experiment/, method from configs/method/, optimizer from configs/optimizer/.
+SEEDS ?= 0 1 2
+
+CPU_EXPERIMENTS := cpu_digits_cnn cpu_fashion_cnn
+CPU_METHODS := constant_small-adagrad constant_large-adagrad linear_ramp-adagrad stagewise-adagrad \
+  norm_test-adagrad norm_test-adagrad_norm norm_test-adam
+cpu_digits_cnn_RUNS := $(CPU_METHODS)
+cpu_fashion_cnn_RUNS := $(CPU_METHODS)
+
+PAPER_EXPERIMENTS := mnist_logistic mnist_cnn cifar10_resnet18 cifar10_resnet50 cifar100_resnet50 cifar10_vit
+BASELINES = constant_small-$(1) constant_large-$(1) linear_ramp-$(1) stagewise-$(1)
+mnist_logistic_RUNS := $(call BASELINES,adagrad) norm_test-adagrad norm_test-adagrad_norm norm_test-adam
+mnist_cnn_RUNS := $(mnist_logistic_RUNS)
+cifar10_resnet18_RUNS := $(call BASELINES,adagrad) norm_test-adagrad norm_test-adagrad_norm norm_test-adam
+cifar10_resnet50_RUNS := $(call BASELINES,sgdm) norm_test-sgdm
+cifar100_resnet50_RUNS := $(call BASELINES,sgdm) norm_test-sgdm augmented_test-sgdm
+cifar10_vit_RUNS := $(call BASELINES,adamw) norm_test-adamw augmented_test-adamw norm_test-adam
+
+run_targets = $(foreach e,$(2),$(foreach r,$($(e)_RUNS),$(foreach s,$(SEEDS),results/$(1)/runs/$(e)/$(r)/seed$(s)/summary.json)))
+CPU_RUN_TARGETS := $(call run_targets,cpu,$(CPU_EXPERIMENTS))
+PAPER_RUN_TARGETS := $(call run_targets,paper,$(PAPER_EXPERIMENTS))
+
+# $(call train_run,<experiment>/<method>-<optimizer>/seed<k>,<run dir>)
+word_of = $(word $(2),$(subst $(3), ,$(1)))
+define train_run
+$(PY) src/train.py experiment=$(call word_of,$(1),1,/) method=$(call word_of,$(call word_of,$(1),2,/),1,-) \
+  optimizer=$(call word_of,$(call word_of,$(1),2,/),2,-) seed=$(patsubst seed%,%,$(call word_of,$(1),3,/)) \
+  train.progress_every_s=60 hydra.run.dir=$(2) $(RUN_ARGS)
+endef
+
+# CPU runs are small: one thread each, as many runs at once as there are cores.
+results/cpu/runs/%/summary.json: | $(SYNCED)
+	OMP_NUM_THREADS=1 $(call train_run,$*,$(@D))
+
+results/paper/runs/%/summary.json: | $(SYNCED)
+	$(call train_run,$*,$(@D))
+
+.PHONY: reproduce reproduce-cpu cpu-runs paper-runs figures
+JOBS ?= $(shell nproc 2>/dev/null || echo 2)
+
+## The CPU-scale reproduction on real data this machine has (digits, Fashion-MNIST): runs, figures, tables
+reproduce-cpu: | $(SYNCED)
+	$(MAKE) -k -j$(JOBS) cpu-runs
+	$(MAKE) figures RUNS=results/cpu/runs OUT=results/cpu
+
+cpu-runs: $(CPU_RUN_TARGETS)
+
+## The paper's experiments, for a GPU node (one run at a time): runs, figures, tables
+reproduce: | $(SYNCED)
+	$(MAKE) paper-runs
+	$(MAKE) figures RUNS=results/paper/runs OUT=results/paper
+
+paper-runs: $(PAPER_RUN_TARGETS)
+
+## Figures and tables from run records alone (a run, a directory of runs, or a Hydra multirun)
+RUNS ?= results/cpu/runs
+OUT ?= results/cpu
+figures: | $(SYNCED)
+	$(PY) scripts/make_figures.py $(RUNS) --out $(OUT)

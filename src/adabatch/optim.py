@@ -74,8 +74,8 @@ class AdaGradNorm(torch.optim.Optimizer):
 
 
 def build_optimizer(cfg: Mapping[str, Any], params: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
-    """Build the optimizer named `cfg["name"]`; the other keys are its hyperparameters."""
-    options = {k: v for k, v in cfg.items() if k != "name"}
+    """Build the optimizer named `cfg["name"]`; the other keys (but the display labels) are its hyperparameters."""
+    options = {k: v for k, v in cfg.items() if k not in ("name", "label", "tested_label")}
     name = cfg["name"]
     if name == "adagrad":
         return torch.optim.Adagrad(params, **options)

@@ -44,8 +44,8 @@ class RunRecords:
         write_atomic(self.run_dir / CONFIG_FILE, yaml.safe_dump(dict(config), sort_keys=False))
 
     def append(self, record: Mapping[str, Any]) -> None:
-        if self._metrics is None:
-            self._metrics = open(self.run_dir / METRICS_FILE, "a")
+        if self._metrics is None:  # a run starts its records afresh, also when it reuses a directory
+            self._metrics = open(self.run_dir / METRICS_FILE, "w")
         self._metrics.write(json.dumps(record) + "\n")
         self._metrics.flush()
 

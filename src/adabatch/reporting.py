@@ -39,7 +39,7 @@ class Reporter:
         record = {"kind": "train", **fields}
         self.last_train = record
         self.best_train_loss = min(self.best_train_loss, record["train_loss"])
-        if record["step"] % self.log_every == 0:
+        if record.get("tested") or record["step"] % self.log_every == 0:  # every tested step is on record
             self._emit(record)
         self.progress.update(record)
 
@@ -54,8 +54,9 @@ class Reporter:
 
     def finish(self, *, status: str, steps: int, samples: int, **fields: Any) -> dict[str, Any]:
         """Write summary.json (and the W&B summary) and return the summary."""
-        if self.last_train is not None and self.last_train["step"] % self.log_every != 0:
-            self._emit(self.last_train)  # the last step is always on record
+        last = self.last_train
+        if last is not None and not last.get("tested") and last["step"] % self.log_every != 0:
+            self._emit(last)  # the last step is always on record
         final = self.evals[-1] if self.evals else {}
         summary = {
             "status": status,

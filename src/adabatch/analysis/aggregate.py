@@ -1,0 +1,130 @@
+"""A method's seeds brought onto a common x grid (curves) and reduced to mean and spread.
+
+Every curve of a method ends where its shortest seed ends, so the mean is over all seeds at every
+point. The training loss is logged per step and is noisy: it is averaged within equal-width bins of
+x. Batch sizes are step functions (the size of the step in progress at x); test accuracy, measured
+only at evaluations, is interpolated linearly between them.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from .runs import Run
+
+CURVE_POINTS = 200
+LOSS_BINS = 50
+
+
+@dataclass(frozen=True)
+class Axis:
+    key: str  # the field of a training record that is x
+    label: str
+    name: str  # used in file names: curves_<name>.png
+
+
+AXES = (
+    Axis("samples", "samples processed", "samples"),
+    Axis("step", "optimizer steps", "steps"),
+    Axis("time_s", "training wall-clock (s)", "wallclock"),
+)
+SAMPLES = AXES[0]
+
+
+@dataclass(frozen=True)
+class Band:
+    """Mean over seeds with the min-max range of the seeds, at the points x."""
+
+    x: np.ndarray
+    mean: np.ndarray
+    low: np.ndarray
+    high: np.ndarray
+
+
+@dataclass(frozen=True)
+class Stat:
+    """Mean and sample standard deviation (ddof=1; NaN for fewer than two values) over seeds."""
+
+    mean: float
+    std: float
+    n: int
+
+
+def seed_stat(values: Sequence[float | None]) -> Stat:
+    present = np.array([v for v in values if v is not None], dtype=float)
+    if present.size == 0:
+        return Stat(math.nan, math.nan, 0)
+    std = float(present.std(ddof=1)) if present.size > 1 else math.nan
+    return Stat(float(present.mean()), std, int(present.size))
+
+
+def band(x: np.ndarray, per_seed: list[np.ndarray]) -> Band:
+    stacked = np.vstack(per_seed)
+    return Band(x, stacked.mean(axis=0), stacked.min(axis=0), stacked.max(axis=0))
+
+
+def column(records: list[dict], key: str) -> np.ndarray:
+    return np.array([record[key] for record in records], dtype=float)
+
+
+def train_x(run: Run, axis: Axis) -> np.ndarray:
+    return column(run.train_records, axis.key)
+
+
+def eval_x(run: Run, axis: Axis) -> np.ndarray:
+    """Evaluations have no time of their own: an evaluation after step k is at step k's training time."""
+    if axis.key != "time_s":
+        return column(run.eval_records, axis.key)
+    steps = np.concatenate([[0.0], column(run.train_records, "step")])
+    times = np.concatenate([[0.0], column(run.train_records, "time_s")])
+    return np.interp(column(run.eval_records, "step"), steps, times)
+
+
+def binned_mean(x: np.ndarray, y: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """Mean of y within each bin of x (points past the last edge are dropped); an empty bin takes
+    the value interpolated between its non-empty neighbours. When no point falls in any bin (on the
+    wall-clock axis, one seed's first step can outlast another seed's whole run) every bin takes
+    the first point's y: that step was in progress throughout."""
+    bins = len(edges) - 1
+    inside = x <= edges[-1]
+    if not inside.any():
+        return np.full(bins, y[0])
+    index = np.clip(np.searchsorted(edges, x[inside], side="right") - 1, 0, bins - 1)
+    counts = np.bincount(index, minlength=bins)
+    sums = np.bincount(index, weights=y[inside], minlength=bins)
+    centers = (edges[:-1] + edges[1:]) / 2
+    filled = counts > 0
+    return np.interp(centers, centers[filled], sums[filled] / counts[filled])
+
+
+def value_in_progress(x: np.ndarray, y: np.ndarray, grid: np.ndarray) -> np.ndarray:
+    """y of the record whose step is under way at each grid point: the first record with x >= point."""
+    return y[np.minimum(np.searchsorted(x, grid, side="left"), len(y) - 1)]
+
+
+def method_curves(runs: list[Run], axis: Axis) -> dict[str, Band]:
+    """Training loss (bin means), test accuracy and batch size of completed runs against `axis`."""
+    end = min(train_x(run, axis)[-1] for run in runs)
+    grid = np.linspace(0.0, end, CURVE_POINTS)
+    edges = np.linspace(0.0, end, LOSS_BINS + 1)
+    centers = (edges[:-1] + edges[1:]) / 2
+    return {
+        "train_loss": band(centers, [
+            binned_mean(train_x(run, axis), column(run.train_records, "train_loss"), edges) for run in runs
+        ]),
+        "test_acc": band(grid, [
+            np.interp(grid, eval_x(run, axis), column(run.eval_records, "test_acc")) for run in runs
+        ]),
+        "batch_size": band(grid, [
+            value_in_progress(train_x(run, axis), column(run.train_records, "batch_size"), grid) for run in runs
+        ]),
+    }
+
+
+def tested_sides(run: Run, lhs: str, rhs: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(samples, lhs, rhs) at the run's tested steps."""
+    tested = [record for record in run.train_records if record.get("tested") and lhs in record]
+    return column(tested, "samples"), column(tested, lhs), column(tested, rhs)

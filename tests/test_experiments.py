@@ -1,0 +1,36 @@
+"""Every run that `make reproduce` and `make reproduce-cpu` would start composes into a valid config."""
+import re
+import subprocess
+
+import pytest
+import torch
+from helpers import ROOT, compose
+from omegaconf import OmegaConf
+
+from adabatch.batch_size import build_policy
+from adabatch.optim import build_optimizer
+from adabatch.schedules import build_schedule
+
+
+def planned_runs(target: str) -> list[list[str]]:
+    dry_run = subprocess.run(["make", "-n", "-B", "--no-print-directory", target], cwd=ROOT,
+                             capture_output=True, text=True, check=True).stdout
+    return [re.findall(r"(?:experiment|method|optimizer|seed)=\S+", line) for line in dry_run.splitlines()
+            if "src/train.py" in line]
+
+
+@pytest.mark.parametrize("target, count", [("cpu-runs", 2 * 7 * 3), ("paper-runs", 39 * 3)])
+def test_every_planned_run_composes(target, count):
+    runs = planned_runs(target)
+    assert len(runs) == count and len({tuple(r) for r in runs}) == count
+    assert {r[3] for r in runs} == {"seed=0", "seed=1", "seed=2"}
+    labels = {}
+    for overrides in sorted({tuple(r[:3]) for r in runs}):  # the seed does not change the composition
+        cfg = OmegaConf.to_container(compose(*overrides), resolve=True)
+        policy = build_policy(cfg["batch_size"], budget=cfg["train"]["samples"])
+        build_optimizer(cfg["optimizer"], [torch.nn.Parameter(torch.ones(1))])
+        build_schedule(cfg["schedule"])
+        assert cfg["experiment_name"] == overrides[0].split("=")[1]
+        assert policy.initial == cfg["plan"]["b0"] or cfg["batch_size"]["name"] == "constant"
+        labels.setdefault((cfg["experiment_name"], cfg["method"]), set()).add(overrides[1:3])
+    assert all(len(v) == 1 for v in labels.values()), "two methods share a display name"
