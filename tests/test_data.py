@@ -18,9 +18,9 @@ from adabatch.data import (
     IndexStream,
     TrainingData,
     build_augmentation,
+    evaluation_batches,
     load_dataset,
     normalize,
-    test_batches,
 )
 from adabatch.data import sources
 from fake_datasets import IDX_STEMS, write_cifar_batch, write_idx, write_idx_dir
@@ -371,16 +371,19 @@ def test_training_data_resumes_stream_and_augmentation(device):
     assert not torch.equal(fresh.aug_params, expected.aug_params)
 
 
-def test_normalize_and_test_batches():
+def test_normalize_and_evaluation_batches():
     dataset = fake_dataset()
     x = normalize(dataset.test_x, dataset)
     assert x.dtype == torch.float32
     pixel = dataset.test_x[2, 1, 3, 4].item()
     assert x[2, 1, 3, 4].item() == pytest.approx((pixel / 255 - 0.4) / 0.2)
-    batches = list(test_batches(dataset, 3, "cpu"))
+    batches = list(evaluation_batches(dataset, "test", 3, "cpu"))
     assert [len(y) for _, y in batches] == [3, 3, 1]
     assert torch.equal(torch.cat([bx for bx, _ in batches]), x)
     assert torch.equal(torch.cat([by for _, by in batches]), dataset.test_y)
+    train = list(evaluation_batches(dataset, "train", 4, "cpu", limit=10))
+    assert [len(y) for _, y in train] == [4, 4, 2]
+    assert torch.equal(torch.cat([bx for bx, _ in train]), normalize(dataset.train_x[:10], dataset))
 
 
 # --- augmentations ----------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from helpers import ROOT
 from matplotlib.image import imread
 
 from adabatch.analysis import find_run_dirs, group_runs, load_runs
-from adabatch.analysis.aggregate import AXES, binned_mean, method_curves, seed_stat
+from adabatch.analysis.aggregate import AXES, method_curves, seed_stat
 from adabatch.analysis.runs import method_labels
 from adabatch.analysis.tables import table_rows, write_tables
 
@@ -66,8 +66,12 @@ def train_records(batch_sizes: list[int], losses: list[float], seconds_per_step:
     return records
 
 
-def eval_records(points: list[tuple[int, int, float]]) -> list[dict]:
-    return [{"kind": "eval", "step": s, "samples": n, "test_loss": 1.0, "test_acc": a} for s, n, a in points]
+def eval_records(points: list[tuple[int, int, float]], train_loss: float = 1.0) -> list[dict]:
+    return [
+        {"kind": "eval", "step": s, "samples": n, "test_loss": 1.0, "test_acc": a,
+         "train_eval_loss": train_loss, "train_eval_acc": a}
+        for s, n, a in points
+    ]
 
 
 def write_run(run_dir: Path, config: dict, train: list[dict], evals: list[dict], status: str = "completed") -> Path:
@@ -77,7 +81,7 @@ def write_run(run_dir: Path, config: dict, train: list[dict], evals: list[dict],
     summary = {
         "status": status, "steps": len(train), "samples": train[-1]["samples"],
         "train_time_s": train[-1]["time_s"], "mean_batch_size": train[-1]["samples"] / len(train),
-        "best_train_loss": min(r["train_loss"] for r in train),
+        "best_train_loss": min(e["train_eval_loss"] for e in evals),
         "best_test_acc": max(e["test_acc"] for e in evals), "final_test_acc": evals[-1]["test_acc"],
     }
     (run_dir / "summary.json").write_text(json.dumps(summary))
@@ -154,11 +158,11 @@ def test_labels_name_what_differs_and_stay_distinct():
 def two_seeds(tmp_path: Path) -> list:
     write_run(
         tmp_path / "s0", make_config(seed=0), train_records([10, 10, 20, 20, 40], [1.0] * 5, 0.5),
-        eval_records([(0, 0, 0.0), (3, 40, 0.4), (5, 100, 0.6)]),
+        eval_records([(0, 0, 0.0), (3, 40, 0.4), (5, 100, 0.6)], train_loss=1.0),
     )
     write_run(
         tmp_path / "s1", make_config(seed=1), train_records([10, 20, 20, 40, 40], [3.0] * 5, 1.0),
-        eval_records([(0, 0, 0.2), (5, 130, 0.8)]),
+        eval_records([(0, 0, 0.2), (5, 130, 0.8)], train_loss=3.0),
     )
     (experiment,) = group_runs(load_runs([tmp_path]))
     (method,) = experiment.methods
@@ -170,7 +174,7 @@ def test_curves_average_seeds_on_a_common_grid_up_to_the_shortest_seed(tmp_path)
     curves = method_curves(runs, SAMPLES)
 
     loss = curves["train_loss"]
-    assert loss.x[-1] < 100
+    assert loss.x[-1] == 100  # the grid of every curve ends with the shortest seed
     np.testing.assert_allclose(loss.mean, 2.0)
     np.testing.assert_allclose(loss.low, 1.0)
     np.testing.assert_allclose(loss.high, 3.0)
@@ -201,23 +205,14 @@ def test_curves_against_steps_and_wallclock(tmp_path):
     np.testing.assert_allclose(wallclock.mean, expected)
 
 
-def test_binned_mean_averages_within_bins_and_fills_empty_ones():
-    edges = np.array([0.0, 1.0, 2.0, 3.0, 4.0])
-    x = np.array([0.2, 0.8, 3.5, 4.0, 9.0])  # bins 1 and 2 are empty; 4.0 closes the last bin; 9.0 is past it
-    y = np.array([1.0, 3.0, 6.0, 8.0, 100.0])
-    np.testing.assert_allclose(binned_mean(x, y, edges), [2.0, 2.0 + 5 / 3, 2.0 + 10 / 3, 7.0])
-    # A seed whose first step outlasts the common range: that step's loss throughout.
-    np.testing.assert_allclose(binned_mean(np.array([5.0, 6.0]), np.array([9.0, 1.0]), edges), [9.0] * 4)
-
-
 def test_wallclock_curves_when_one_seed_is_done_before_the_others_first_step(tmp_path):
     write_run(tmp_path / "fast", make_config(seed=0), train_records([10, 10], [1.0, 1.0], 0.1),
-              eval_records([(0, 0, 0.1), (2, 20, 0.5)]))
+              eval_records([(0, 0, 0.1), (2, 20, 0.5)], train_loss=1.0))
     write_run(tmp_path / "slow", make_config(seed=1), train_records([10, 10], [3.0, 3.0], 1.0),
-              eval_records([(0, 0, 0.1), (2, 20, 0.7)]))
+              eval_records([(0, 0, 0.1), (2, 20, 0.7)], train_loss=3.0))
     (experiment,) = group_runs(load_runs([tmp_path]))
     curves = method_curves(experiment.methods[0].completed, WALLCLOCK)
-    assert curves["train_loss"].x[-1] < 0.2
+    assert curves["train_loss"].x[-1] == pytest.approx(0.2)  # the fast seed is done at 0.2 s
     np.testing.assert_allclose(curves["train_loss"].mean, 2.0)
 
 

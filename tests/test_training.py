@@ -66,7 +66,8 @@ def test_training_writes_the_record_contract(tmp_path):
     assert evals[0]["samples"] == 0 and evals[-1]["samples"] == records[-1]["samples"]
     assert all(b["samples"] - a["samples"] >= 400 for a, b in zip(evals[:-2], evals[1:-1]))
     for e in evals:
-        assert {"step", "samples", "test_loss", "test_acc"} <= e.keys() and 0 <= e["test_acc"] <= 1
+        assert {"step", "samples", "test_loss", "test_acc", "train_eval_loss", "train_eval_acc"} <= e.keys()
+        assert 0 <= e["test_acc"] <= 1 and 0 <= e["train_eval_acc"] <= 1
 
     on_disk = read_summary(tmp_path)
     assert on_disk == json.loads(json.dumps(summary))
@@ -76,13 +77,16 @@ def test_training_writes_the_record_contract(tmp_path):
     assert on_disk["mean_batch_size"] == pytest.approx(on_disk["samples"] / on_disk["steps"])
     assert on_disk["best_test_acc"] == max(e["test_acc"] for e in evals)
     assert on_disk["final_test_acc"] == evals[-1]["test_acc"]
+    assert on_disk["best_train_loss"] == min(e["train_eval_loss"] for e in evals)
+    assert on_disk["final_train_loss"] == evals[-1]["train_eval_loss"]
     assert on_disk["norm_policy"] == "group"
     for key in ("wall_time_s", "train_time_s", "best_train_loss"):
         assert on_disk[key] > 0
 
 
 def test_same_seed_same_run_and_log_every(tmp_path):
-    overrides = (*TINY, "train.samples=600", "optimizer=adam", "schedule=cosine", "dataset.augmentation=crop_flip")
+    overrides = (*TINY, "train.samples=600", "optimizer=adam", "schedule=cosine", "dataset.augmentation=crop_flip",
+                 "batch_size=constant")
     first = train(compose(*overrides), tmp_path / "a")
     second = train(compose(*overrides, "train.log_every=4"), tmp_path / "b")
     assert first["final_test_acc"] == second["final_test_acc"]
@@ -109,3 +113,14 @@ def test_tests_refuse_batch_norm_with_a_clear_error():
     # fixed schedules need no per-example gradients, so BatchNorm is fine there
     assert build_experiment(compose("device=cpu", "model=resnet18", "model.width=4", "model.norm=batch",
                                     "batch_size=constant")).engine is None
+
+
+def test_every_tested_step_is_on_record_whatever_log_every(tmp_path):
+    cfg = compose(*TINY, "train.samples=400", "batch_size=norm", "batch_size.initial=4", "batch_size.max=16",
+                  "batch_size.eta=2.0", "train.log_every=1000")
+    summary = train(cfg, tmp_path)
+    records = list(read_metrics(tmp_path, "train"))
+    tested = [r for r in records if r.get("tested")]
+    assert [r["step"] for r in tested] == list(range(1, len(tested) + 1))  # tested until the cap, all on record
+    assert all(r["batch_size"] < 16 for r in tested)
+    assert records[-1]["step"] == summary["steps"] and not records[-1].get("tested")

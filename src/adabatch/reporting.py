@@ -1,7 +1,6 @@
 """Where a run's records go: its own files (the source of truth), W&B if asked, and the console."""
 from __future__ import annotations
 
-import math
 import platform
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,6 @@ class Reporter:
         self.log_every = cfg.train.log_every
         self.norm_policy = cfg.model.norm
         self.last_train: dict[str, Any] | None = None
-        self.best_train_loss = math.inf
         self.evals: list[dict[str, Any]] = []
 
     def _emit(self, record: dict[str, Any]) -> None:
@@ -38,7 +36,6 @@ class Reporter:
     def training(self, **fields: Any) -> None:
         record = {"kind": "train", **fields}
         self.last_train = record
-        self.best_train_loss = min(self.best_train_loss, record["train_loss"])
         if record.get("tested") or record["step"] % self.log_every == 0:  # every tested step is on record
             self._emit(record)
         self.progress.update(record)
@@ -66,8 +63,8 @@ class Reporter:
             "final_test_loss": final.get("test_loss"),
             "final_test_acc": final.get("test_acc"),
             "best_test_acc": max((e["test_acc"] for e in self.evals), default=None),
-            "best_train_loss": self.best_train_loss if steps else None,
-            "final_train_loss": self.last_train["train_loss"] if self.last_train else None,
+            "final_train_loss": final.get("train_eval_loss"),
+            "best_train_loss": min((e["train_eval_loss"] for e in self.evals), default=None),
             "final_batch_size": self.last_train["batch_size"] if self.last_train else None,
             "mean_batch_size": samples / steps if steps else None,
             "norm_policy": self.norm_policy,

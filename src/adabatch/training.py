@@ -11,7 +11,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from .batch_size import AdaptiveTest, BatchSizePolicy, build_policy
-from .data import ArrayDataset, Batch, TrainingData, build_augmentation, load_dataset, test_batches
+from .data import ArrayDataset, Batch, TrainingData, build_augmentation, evaluation_batches, load_dataset
 from .device import autocast, resolve_device
 from .models import build_model
 from .optim import build_optimizer
@@ -100,9 +100,14 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     started = time.perf_counter()
 
     def run_evaluation(step: int, samples: int) -> None:
-        batches = test_batches(exp.dataset, cfg.train.eval_batch_size, exp.device)
-        test_loss, test_acc = evaluate(exp.model, batches, exp.autocast)
-        reporter.evaluation(step=step, samples=samples, test_loss=test_loss, test_acc=test_acc)
+        def on(split: str, limit: int | None = None) -> tuple[float, float]:
+            batches = evaluation_batches(exp.dataset, split, cfg.train.eval_batch_size, exp.device, limit)
+            return evaluate(exp.model, batches, exp.autocast)
+
+        test_loss, test_acc = on("test")
+        train_eval_loss, train_eval_acc = on("train", cfg.train.eval_train_examples)
+        reporter.evaluation(step=step, samples=samples, test_loss=test_loss, test_acc=test_acc,
+                            train_eval_loss=train_eval_loss, train_eval_acc=train_eval_acc)
 
     step, samples, train_time = 0, 0, 0.0
     batch_size = exp.policy.initial

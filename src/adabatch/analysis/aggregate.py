@@ -1,9 +1,9 @@
 """A method's seeds brought onto a common x grid (curves) and reduced to mean and spread.
 
 Every curve of a method ends where its shortest seed ends, so the mean is over all seeds at every
-point. The training loss is logged per step and is noisy: it is averaged within equal-width bins of
-x. Batch sizes are step functions (the size of the step in progress at x); test accuracy, measured
-only at evaluations, is interpolated linearly between them.
+point. Training loss (on a fixed set of training examples) and test accuracy, measured at
+evaluations, are interpolated linearly between them; batch sizes are step functions (the size of
+the step in progress at x).
 """
 from __future__ import annotations
 
@@ -16,7 +16,6 @@ import numpy as np
 from .runs import Run
 
 CURVE_POINTS = 200
-LOSS_BINS = 50
 
 
 @dataclass(frozen=True)
@@ -83,41 +82,22 @@ def eval_x(run: Run, axis: Axis) -> np.ndarray:
     return np.interp(column(run.eval_records, "step"), steps, times)
 
 
-def binned_mean(x: np.ndarray, y: np.ndarray, edges: np.ndarray) -> np.ndarray:
-    """Mean of y within each bin of x (points past the last edge are dropped); an empty bin takes
-    the value interpolated between its non-empty neighbours. When no point falls in any bin (on the
-    wall-clock axis, one seed's first step can outlast another seed's whole run) every bin takes
-    the first point's y: that step was in progress throughout."""
-    bins = len(edges) - 1
-    inside = x <= edges[-1]
-    if not inside.any():
-        return np.full(bins, y[0])
-    index = np.clip(np.searchsorted(edges, x[inside], side="right") - 1, 0, bins - 1)
-    counts = np.bincount(index, minlength=bins)
-    sums = np.bincount(index, weights=y[inside], minlength=bins)
-    centers = (edges[:-1] + edges[1:]) / 2
-    filled = counts > 0
-    return np.interp(centers, centers[filled], sums[filled] / counts[filled])
-
-
 def value_in_progress(x: np.ndarray, y: np.ndarray, grid: np.ndarray) -> np.ndarray:
     """y of the record whose step is under way at each grid point: the first record with x >= point."""
     return y[np.minimum(np.searchsorted(x, grid, side="left"), len(y) - 1)]
 
 
 def method_curves(runs: list[Run], axis: Axis) -> dict[str, Band]:
-    """Training loss (bin means), test accuracy and batch size of completed runs against `axis`."""
+    """Training loss, test accuracy (both from the evaluations) and batch size of completed runs against `axis`."""
     end = min(train_x(run, axis)[-1] for run in runs)
     grid = np.linspace(0.0, end, CURVE_POINTS)
-    edges = np.linspace(0.0, end, LOSS_BINS + 1)
-    centers = (edges[:-1] + edges[1:]) / 2
+
+    def at_evaluations(key: str) -> Band:
+        return band(grid, [np.interp(grid, eval_x(run, axis), column(run.eval_records, key)) for run in runs])
+
     return {
-        "train_loss": band(centers, [
-            binned_mean(train_x(run, axis), column(run.train_records, "train_loss"), edges) for run in runs
-        ]),
-        "test_acc": band(grid, [
-            np.interp(grid, eval_x(run, axis), column(run.eval_records, "test_acc")) for run in runs
-        ]),
+        "train_loss": at_evaluations("train_eval_loss"),
+        "test_acc": at_evaluations("test_acc"),
         "batch_size": band(grid, [
             value_in_progress(train_x(run, axis), column(run.train_records, "batch_size"), grid) for run in runs
         ]),

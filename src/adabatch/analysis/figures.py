@@ -12,7 +12,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, LogFormatter, LogLocator, NullFormatter
 
-from .aggregate import AXES, LOSS_BINS, SAMPLES, Axis, method_curves, tested_sides
+from .aggregate import AXES, SAMPLES, Axis, method_curves, tested_sides
 from .runs import Experiment, Method
 
 DPI = 150
@@ -103,7 +103,7 @@ def curves_figure(experiment: Experiment, axis: Axis, colors: dict[str, tuple], 
         handles.append(line)
         labels.append(f"{method.label} (n={len(method.completed)})")
     plain_log_axis(loss_ax)
-    loss_ax.set_title(f"training loss, smoothed: mean within {LOSS_BINS} equal-width x bins", fontsize=10)
+    loss_ax.set_title("training loss (fixed training examples, at evaluations)", fontsize=10)
     loss_ax.set_ylabel("training loss (log scale)")
     acc_ax.set_title("test accuracy", fontsize=10)
     acc_ax.set_ylabel("test accuracy")

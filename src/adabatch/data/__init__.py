@@ -1,7 +1,7 @@
 """Datasets, seeded index streams, device-side augmentation and micro-batching."""
 
 from adabatch.data.augment import AUGMENTATIONS, Augmentation, CropFlip, FlipResizedCrop, build_augmentation
-from adabatch.data.batches import Batch, TrainingData, normalize, test_batches
+from adabatch.data.batches import Batch, TrainingData, evaluation_batches, normalize
 from adabatch.data.sources import DATASETS, ArrayDataset, DatasetUnavailable, load_dataset
 from adabatch.data.stream import IndexStream
 
@@ -17,7 +17,7 @@ __all__ = [
     "IndexStream",
     "TrainingData",
     "build_augmentation",
+    "evaluation_batches",
     "load_dataset",
     "normalize",
-    "test_batches",
 ]

@@ -105,14 +105,13 @@ class TrainingData:
         self.generator.set_state(state["generator"])
 
 
-def test_batches(
-    dataset: ArrayDataset, batch_size: int, device: torch.device | str
+def evaluation_batches(
+    dataset: ArrayDataset, split: str, batch_size: int, device: torch.device | str, limit: int | None = None
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """The normalized test split in order, without augmentation."""
-    for start in range(0, len(dataset.test_y), batch_size):
-        x = dataset.test_x[start : start + batch_size].to(device)
-        y = dataset.test_y[start : start + batch_size].to(device)
-        yield normalize(x, dataset), y
-
-
-test_batches.__test__ = False  # keep pytest from collecting it where tests import it by name
+    """The first `limit` examples (all by default) of the "train" or "test" split, in order,
+    normalized, without augmentation."""
+    images, labels = (dataset.train_x, dataset.train_y) if split == "train" else (dataset.test_x, dataset.test_y)
+    end = len(labels) if limit is None else min(limit, len(labels))
+    for start in range(0, end, batch_size):
+        stop = min(start + batch_size, end)
+        yield normalize(images[start:stop].to(device), dataset), labels[start:stop].to(device)
