@@ -117,7 +117,7 @@ def test_tests_refuse_batch_norm_with_a_clear_error():
 
 def test_every_tested_step_is_on_record_whatever_log_every(tmp_path):
     cfg = compose(*TINY, "train.samples=400", "batch_size=norm", "batch_size.initial=4", "batch_size.max=16",
-                  "batch_size.eta=2.0", "train.log_every=1000")
+                  "batch_size.eta=0.5", "train.log_every=1000")
     summary = train(cfg, tmp_path)
     records = list(read_metrics(tmp_path, "train"))
     tested = [r for r in records if r.get("tested")]
