@@ -48,11 +48,11 @@ clean-runs:
 # experiment from configs/experiment/, method from configs/method/, optimizer from configs/optimizer/.
 SEEDS ?= 0 1 2
 
-CPU_EXPERIMENTS := cpu_digits_cnn cpu_fashion_cnn
+CPU_EXPERIMENTS := cpu_digits_cnn cpu_fashion_logistic
 CPU_METHODS := constant_small-adagrad constant_large-adagrad linear_ramp-adagrad stagewise-adagrad \
   norm_test-adagrad norm_test-adagrad_norm norm_test-adam
 cpu_digits_cnn_RUNS := $(CPU_METHODS)
-cpu_fashion_cnn_RUNS := $(CPU_METHODS)
+cpu_fashion_logistic_RUNS := $(CPU_METHODS)
 
 PAPER_EXPERIMENTS := mnist_logistic mnist_cnn cifar10_resnet18 cifar10_resnet50 cifar100_resnet50 cifar10_vit
 BASELINES = constant_small-$(1) constant_large-$(1) linear_ramp-$(1) stagewise-$(1)
