@@ -195,7 +195,8 @@ def test_curves_average_seeds_on_a_common_grid_up_to_the_shortest_seed(tmp_path)
 def test_curves_against_steps_and_wallclock(tmp_path):
     runs = two_seeds(tmp_path)
     steps = method_curves(runs, STEPS)["batch_size"]
-    assert steps.x[-1] == 5
+    assert steps.x[0] == 1 and steps.x[-1] == pytest.approx(5)  # log-spaced from the first step
+    np.testing.assert_allclose(np.diff(np.log(steps.x)), np.log(5) / (len(steps.x) - 1))
     np.testing.assert_allclose(steps.mean[[0, -1]], [10, 40])
 
     wallclock = method_curves(runs, WALLCLOCK)["test_acc"]

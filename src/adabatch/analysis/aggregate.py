@@ -23,12 +23,13 @@ class Axis:
     key: str  # the field of a training record that is x
     label: str
     name: str  # used in file names: curves_<name>.png
+    log: bool = False  # methods differ by orders of magnitude in steps and time: log x, log-spaced grid
 
 
 AXES = (
     Axis("samples", "samples processed", "samples"),
-    Axis("step", "optimizer steps", "steps"),
-    Axis("time_s", "training wall-clock (s)", "wallclock"),
+    Axis("step", "optimizer steps (log scale)", "steps", log=True),
+    Axis("time_s", "training wall-clock (s, log scale)", "wallclock", log=True),
 )
 SAMPLES = AXES[0]
 
@@ -90,7 +91,11 @@ def value_in_progress(x: np.ndarray, y: np.ndarray, grid: np.ndarray) -> np.ndar
 def method_curves(runs: list[Run], axis: Axis) -> dict[str, Band]:
     """Training loss, test accuracy (both from the evaluations) and batch size of completed runs against `axis`."""
     end = min(train_x(run, axis)[-1] for run in runs)
-    grid = np.linspace(0.0, end, CURVE_POINTS)
+    if axis.log:
+        start = min(max(train_x(run, axis)[0] for run in runs), end)  # every seed's first step is done
+        grid = np.geomspace(start, end, CURVE_POINTS)
+    else:
+        grid = np.linspace(0.0, end, CURVE_POINTS)
 
     def at_evaluations(key: str) -> Band:
         return band(grid, [np.interp(grid, eval_x(run, axis), column(run.eval_records, key)) for run in runs])

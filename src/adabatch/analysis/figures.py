@@ -112,7 +112,10 @@ def curves_figure(experiment: Experiment, axis: Axis, colors: dict[str, tuple], 
     size_ax.set_ylabel("batch size (examples, log scale)")
     for ax in (loss_ax, acc_ax, size_ax):
         ax.set_xlabel(axis.label)
-        ax.set_xlim(left=0)
+        if axis.log:
+            ax.set_xscale("log")
+        else:
+            ax.set_xlim(left=0)
         ax.grid(alpha=0.3)
     fig.suptitle(f"{title}: against {axis.label}")
     add_legend(fig, handles, labels, BAND_NOTE)
