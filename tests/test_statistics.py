@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from helpers import Float64
 
 from adabatch.batch_size import build_policy
 from adabatch.data import ArrayDataset, TrainingData, build_augmentation
@@ -20,15 +21,6 @@ MODELS = {
     "vit": ("vit", (3, 8, 8), {"dim": 8, "depth": 2, "heads": 2, "patch": 4}, "vit"),
 }
 ETA, THETA, NU = 0.3, 0.7, 1.1
-
-
-class Float64(torch.nn.Module):
-    def __init__(self, model):
-        super().__init__()
-        self.model = model.double()
-
-    def forward(self, x):
-        return self.model(x.double())
 
 
 def random_dataset(shape, n=40, classes=5, seed=0):

@@ -2,9 +2,9 @@ import json
 import math
 
 import pytest
-import yaml
 import torch
-from helpers import compose
+import yaml
+from helpers import Float64, compose
 
 from adabatch.data import TrainingData, build_augmentation, load_dataset
 from adabatch.models import build_model
@@ -14,17 +14,6 @@ from adabatch.step import accumulate_gradient
 from adabatch.training import build_experiment, train
 
 TINY = ("device=cpu", "train.eval_every=400", "train.progress_every_s=0")
-
-
-class Float64(torch.nn.Module):
-    """Runs the wrapped model in float64 so that splits can be compared to the last digits."""
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        super().__init__()
-        self.model = model.double()
-
-    def forward(self, x):
-        return self.model(x.double())
 
 
 @pytest.mark.parametrize("optimizer", ["adagrad", "adagrad_norm", "adam", "sgdm"])

@@ -26,6 +26,7 @@ class Reporter:
         self.log_every = cfg.train.log_every
         self.norm_policy = cfg.model.norm
         self.last_train: dict[str, Any] | None = None
+        self.unrecorded_train: dict[str, Any] | None = None  # the last step, when log_every skipped it
         self.evals: list[dict[str, Any]] = []
 
     def _emit(self, record: dict[str, Any]) -> None:
@@ -38,6 +39,9 @@ class Reporter:
         self.last_train = record
         if record.get("tested") or record["step"] % self.log_every == 0:  # every tested step is on record
             self._emit(record)
+            self.unrecorded_train = None
+        else:
+            self.unrecorded_train = record
         self.progress.update(record)
 
     def evaluation(self, **fields: Any) -> None:
@@ -51,9 +55,8 @@ class Reporter:
 
     def finish(self, *, status: str, steps: int, samples: int, **fields: Any) -> dict[str, Any]:
         """Write summary.json (and the W&B summary) and return the summary."""
-        last = self.last_train
-        if last is not None and not last.get("tested") and last["step"] % self.log_every != 0:
-            self._emit(last)  # the last step is always on record
+        if self.unrecorded_train is not None:
+            self._emit(self.unrecorded_train)  # the last step is always on record
         final = self.evals[-1] if self.evals else {}
         summary = {
             "status": status,

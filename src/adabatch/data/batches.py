@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -53,10 +54,16 @@ class Batch:
         return self._slice(*_even_bounds(len(self), world_size)[rank])
 
 
+@functools.lru_cache(maxsize=16)
+def _channel_tensor(values: tuple[float, ...], device: torch.device) -> torch.Tensor:
+    """(1, C, 1, 1) float32 on `device`, made once: normalize runs for every micro-batch."""
+    return torch.tensor(values, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+
+
 def normalize(x_uint8: torch.Tensor, dataset: ArrayDataset) -> torch.Tensor:
     """float32 (x / max_value - mean) / std, per channel."""
-    mean = torch.tensor(dataset.mean, dtype=torch.float32, device=x_uint8.device).view(1, -1, 1, 1)
-    std = torch.tensor(dataset.std, dtype=torch.float32, device=x_uint8.device).view(1, -1, 1, 1)
+    mean = _channel_tensor(dataset.mean, x_uint8.device)
+    std = _channel_tensor(dataset.std, x_uint8.device)
     return (x_uint8.float() / dataset.max_value - mean) / std
 
 
