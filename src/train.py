@@ -1,7 +1,8 @@
 """Train one configuration: `python src/train.py dataset=... model=... optimizer=... batch_size=...`.
 
 Hydra composes configs/train.yaml with the chosen groups; the run directory (Hydra's output
-directory) receives config.yaml, metrics.jsonl and summary.json.
+directory) receives config.yaml, metrics.jsonl, summary.json and model.pt. Under
+`torchrun --nproc_per_node=N src/train.py ...` the N ranks train one run with DDP, and rank 0 writes it.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from adabatch.data import DatasetUnavailable
+from adabatch.distributed import current_world, join_process_group, leave_process_group
 from adabatch.training import train
 
 log = logging.getLogger("adabatch")
@@ -23,7 +25,7 @@ log = logging.getLogger("adabatch")
 def main(cfg: DictConfig) -> float | None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
-        summary = train(cfg, run_dir)
+        summary = train(cfg, run_dir, current_world())
     except (ValueError, DatasetUnavailable) as error:
         log.error("%s", error)
         print(f"error: {error}", file=sys.stderr)
@@ -36,4 +38,10 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    main()
+    world = join_process_group()  # before Hydra names the run directory, so that all ranks share it
+    if not world.is_main:  # rank 0 alone writes the run directory's files
+        sys.argv += ["hydra.output_subdir=null", "hydra/job_logging=disabled"]
+    try:
+        main()
+    finally:
+        leave_process_group()

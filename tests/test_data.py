@@ -21,6 +21,7 @@ from adabatch.data import (
     evaluation_batches,
     load_dataset,
     normalize,
+    plan_layout,
 )
 from adabatch.data import sources
 from fake_datasets import IDX_STEMS, write_cifar_batch, write_idx, write_idx_dir
@@ -316,6 +317,24 @@ def test_shard_sizes_cover_batch():
         batch.shard(3, 3)
 
 
+@pytest.mark.parametrize("world_size", [1, 2, 3, 4])
+@pytest.mark.parametrize("max_micro", [1, 2, 3, 5, 64])
+@pytest.mark.parametrize("size", [4, 7, 13, 64, 101])
+def test_ranks_run_even_micro_batches_that_cover_the_batch_in_order(size, max_micro, world_size):
+    batch = make_batch(size)
+    layout = plan_layout(size, world_size, max_micro)
+    per_rank = [batch.local_micro_batches(rank, world_size, max_micro) for rank in range(world_size)]
+    parts = [part for rank_parts in per_rank for part in rank_parts]
+    assert torch.equal(torch.cat([p.indices for p in parts]), batch.indices)
+    assert torch.equal(torch.cat([p.aug_params for p in parts]), batch.aug_params)
+    sizes = [len(p) for p in parts]
+    assert max(sizes) == layout.micro_batch_size <= max_micro and max(sizes) - min(sizes) <= 1
+    assert max(len(rank_parts) for rank_parts in per_rank) == layout.accumulation
+    assert layout.accumulation == max(1, -(-size // (world_size * max_micro)))  # as few as max_micro allows
+    if world_size == 1:
+        assert sizes == [len(p) for p in batch.split(max_micro)]  # one process: the plain split
+
+
 def fake_dataset(n: int = 40, channels: int = 3, size: int = 32) -> ArrayDataset:
     generator = torch.Generator().manual_seed(0)
     return ArrayDataset(
@@ -384,6 +403,9 @@ def test_normalize_and_evaluation_batches():
     train = list(evaluation_batches(dataset, "train", 4, "cpu", limit=10))
     assert [len(y) for _, y in train] == [4, 4, 2]
     assert torch.equal(torch.cat([bx for bx, _ in train]), normalize(dataset.train_x[:10], dataset))
+    shares = [list(evaluation_batches(dataset, "train", 2, "cpu", 10, rank, 3)) for rank in range(3)]
+    assert [[len(y) for _, y in share] for share in shares] == [[2, 2], [2, 1], [2, 1]]
+    assert torch.equal(torch.cat([bx for share in shares for bx, _ in share]), normalize(dataset.train_x[:10], dataset))
 
 
 # --- augmentations ----------------------------------------------------------------------------

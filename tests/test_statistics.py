@@ -4,40 +4,15 @@ import math
 
 import pytest
 import torch
-from helpers import Float64
+from helpers import BATCH, MODELS, tiny_problem
 
 from adabatch.batch_size import build_policy
-from adabatch.data import ArrayDataset, TrainingData, build_augmentation
 from adabatch.models import build_model
 from adabatch.stats import ENGINES, Needs, build_engine, gradient_with_statistics
 from adabatch.step import accumulate_gradient
 
-BATCH = 14
 SPLITS = (1, 2, 3, 7)  # number of micro-batches
-MODELS = {
-    "mlp": ("mlp", (1, 6, 6), {"hidden": [9]}, "none"),
-    "cnn": ("cnn", (1, 8, 8), {}, "none"),
-    "resnet18_gn": ("resnet18", (3, 8, 8), {"width": 4, "groups": 2}, "crop_flip"),
-    "vit": ("vit", (3, 8, 8), {"dim": 8, "depth": 2, "heads": 2, "patch": 4}, "vit"),
-}
 ETA, THETA, NU = 0.3, 0.7, 1.1
-
-
-def random_dataset(shape, n=40, classes=5, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    images = lambda count: torch.randint(0, 256, (count, *shape), generator=g, dtype=torch.uint8)  # noqa: E731
-    labels = lambda count: torch.randint(0, classes, (count,), generator=g)  # noqa: E731
-    c = shape[0]
-    return ArrayDataset("random", images(n), labels(n), images(8), labels(8), classes, 255.0, (0.5,) * c, (0.25,) * c)
-
-
-def setup(model_key, seed=0):
-    name, shape, options, augmentation = MODELS[model_key]
-    dataset = random_dataset(shape)
-    data = TrainingData(dataset, build_augmentation(augmentation), seed=seed, device=torch.device("cpu"))
-    torch.manual_seed(seed)
-    model = Float64(build_model(name, shape, dataset.num_classes, norm="group", **options))
-    return model, data, data.draw(BATCH)
 
 
 def brute_force(model, data, batch):
@@ -84,7 +59,7 @@ def references():
 
     def get(model_key):
         if model_key not in cache:
-            model, data, batch = setup(model_key)
+            model, data, batch = tiny_problem(model_key)
             cache[model_key] = brute_force(model, data, batch)
         return cache[model_key]
 
@@ -101,7 +76,7 @@ def close(actual, expected, rel=1e-8):
 @pytest.mark.parametrize("model_key", MODELS)
 def test_statistics_match_brute_force(model_key, engine_name, splits, references):
     ref = references(model_key)
-    model, data, batch = setup(model_key)
+    model, data, batch = tiny_problem(model_key)
     engine = build_engine(engine_name, model)
     max_micro = math.ceil(BATCH / splits)
     assert len(batch.split(max_micro)) == splits
@@ -138,7 +113,7 @@ def test_statistics_match_brute_force(model_key, engine_name, splits, references
 
 @pytest.mark.parametrize("model_key", ["cnn", "vit"])
 def test_tested_step_leaves_the_same_gradient_as_a_plain_step(model_key):
-    model, data, batch = setup(model_key)
+    model, data, batch = tiny_problem(model_key)
     accumulate_gradient(model, data, batch, max_micro=5)
     plain = [p.grad.clone() for p in model.parameters()]
     model.zero_grad(set_to_none=True)
@@ -150,14 +125,14 @@ def test_tested_step_leaves_the_same_gradient_as_a_plain_step(model_key):
 
 
 def test_opacus_hooks_are_off_outside_tested_steps():
-    model, data, batch = setup("cnn")
+    model, data, batch = tiny_problem("cnn")
     build_engine("opacus", model)
     accumulate_gradient(model, data, batch, max_micro=14)
     assert all(getattr(p, "grad_sample", None) is None for p in model.parameters())
 
 
 def test_a_single_example_has_no_variance():
-    model, data, batch = setup("mlp")
+    model, data, batch = tiny_problem("mlp")
     with pytest.raises(ValueError, match="at least 2 examples"):
         gradient_with_statistics(build_engine("functorch", model), data, batch.split(1)[0], 1, Needs())
 

@@ -9,14 +9,15 @@ DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "bf16")
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """The device of this process; a data-parallel rank gets the GPU of its local rank."""
     if name not in DEVICES:
         raise ValueError(f"device={name!r} is unknown; choose one of {', '.join(DEVICES)}")
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
         raise ValueError("device=cuda but no CUDA device is visible; use device=auto or device=cpu")
-    return torch.device(name)
+    return torch.device("cuda", local_rank) if name == "cuda" else torch.device("cpu")
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:

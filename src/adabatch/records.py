@@ -3,29 +3,36 @@
     <run_dir>/config.yaml    the resolved config
     <run_dir>/metrics.jsonl  one JSON object per line; "kind" is "train" or "eval"
     <run_dir>/summary.json   written at the end (atomically)
+    <run_dir>/model.pt       the final model's state_dict (torch.save), written just before the summary
 """
 from __future__ import annotations
 
 import json
 import os
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
+import torch
 import yaml
 
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
+MODEL_FILE = "model.pt"
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write to a temporary file in the same directory, fsync, then rename over `path`."""
+def write_atomic(path: Path, content: str | Callable[[IO[bytes]], None]) -> None:
+    """Write `content` (text, or a function writing to a binary file) to a temporary file in the same
+    directory, fsync, then rename over `path`: readers see the old file or the new one, never a part."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            if isinstance(content, str):
+                f.write(content.encode())
+            else:
+                content(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -48,6 +55,9 @@ class RunRecords:
             self._metrics = open(self.run_dir / METRICS_FILE, "w")
         self._metrics.write(json.dumps(record) + "\n")
         self._metrics.flush()
+
+    def write_model(self, state_dict: Mapping[str, Any]) -> None:
+        write_atomic(self.run_dir / MODEL_FILE, lambda f: torch.save(dict(state_dict), f))
 
     def write_summary(self, summary: Mapping[str, Any]) -> None:
         write_atomic(self.run_dir / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")

@@ -13,13 +13,16 @@ from .records import RunRecords
 
 
 class Reporter:
-    def __init__(self, cfg: DictConfig, run_dir: Path) -> None:
+    """`writes=False` (data-parallel ranks other than 0) keeps the summary and writes nothing."""
+
+    def __init__(self, cfg: DictConfig, run_dir: Path, writes: bool = True) -> None:
         config = OmegaConf.to_container(cfg, resolve=True)
-        self.records = RunRecords(run_dir)
-        self.records.write_config(config)
-        self.progress = Progress(cfg.train.samples, every_s=cfg.train.progress_every_s)
-        self.wandb = None
-        if cfg.logger.name == "wandb":
+        self.records = self.progress = self.wandb = None
+        if writes:
+            self.records = RunRecords(run_dir)
+            self.records.write_config(config)
+            self.progress = Progress(cfg.train.samples, every_s=cfg.train.progress_every_s)
+        if writes and cfg.logger.name == "wandb":
             from .wandb_sink import WandbSink
 
             self.wandb = WandbSink(cfg.logger, config, run_dir, name=run_dir.name)
@@ -30,7 +33,8 @@ class Reporter:
         self.evals: list[dict[str, Any]] = []
 
     def _emit(self, record: dict[str, Any]) -> None:
-        self.records.append(record)
+        if self.records is not None:
+            self.records.append(record)
         if self.wandb is not None:
             self.wandb.log(record)
 
@@ -42,19 +46,24 @@ class Reporter:
             self.unrecorded_train = None
         else:
             self.unrecorded_train = record
-        self.progress.update(record)
+        if self.progress is not None:
+            self.progress.update(record)
 
     def evaluation(self, **fields: Any) -> None:
         record = {"kind": "eval", **fields}
         self.evals.append(record)
         self._emit(record)
-        self.progress.note(
+        if self.progress is not None:
+            self.progress.note(
             f"eval at step {record['step']} ({record['samples']} samples): "
             f"test loss {record['test_loss']:.4f}, test acc {record['test_acc']:.4f}"
         )
 
-    def finish(self, *, status: str, steps: int, samples: int, **fields: Any) -> dict[str, Any]:
-        """Write summary.json (and the W&B summary) and return the summary."""
+    def finish(
+        self, *, status: str, steps: int, samples: int, model: torch.nn.Module | None, **fields: Any
+    ) -> dict[str, Any]:
+        """Write model.pt (the final weights, unless `model` is None), summary.json (and the W&B
+        summary); return the summary."""
         if self.unrecorded_train is not None:
             self._emit(self.unrecorded_train)  # the last step is always on record
         final = self.evals[-1] if self.evals else {}
@@ -74,9 +83,12 @@ class Reporter:
             "torch": torch.__version__,
             "python": platform.python_version(),
         }
-        self.records.write_summary(summary)
-        self.records.close()
-        self.progress.close()
+        if self.records is not None:
+            if model is not None:
+                self.records.write_model(model.state_dict())
+            self.records.write_summary(summary)
+            self.records.close()
+            self.progress.close()
         if self.wandb is not None:
             self.wandb.finish(summary)
         return summary

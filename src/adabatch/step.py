@@ -4,8 +4,10 @@ from __future__ import annotations
 import contextlib
 
 import torch
+from torch.nn.parallel import DistributedDataParallel
 
 from .data import Batch, TrainingData
+from .distributed import SINGLE_PROCESS, World
 from .losses import summed_cross_entropy
 
 
@@ -15,41 +17,53 @@ def accumulate_gradient(
     batch: Batch,
     max_micro: int,
     autocast: contextlib.AbstractContextManager | None = None,
+    world: World = SINGLE_PROCESS,
 ) -> torch.Tensor:
-    """Backpropagate sum_i loss_i / b over micro-batches of at most `max_micro`; return the mean loss.
+    """Backpropagate sum_i loss_i / b over this rank's micro-batches of the global batch (b examples);
+    return this rank's share of the mean loss (the shares of all ranks sum to it).
 
     Each micro-batch contributes its summed loss divided by the *whole* batch size, so the
-    accumulated .grad is exactly the gradient of the batch-mean loss, whatever the split.
+    accumulated .grad is exactly the gradient of the batch-mean loss, whatever the split. Under DDP
+    (which averages over ranks) the loss is scaled by the world size, and gradients are
+    synchronized once, in the last micro-batch's backward.
     """
-    total = len(batch)
+    parts = batch.local_micro_batches(world.rank, world.size, max_micro)
+    scale = world.size / len(batch)
     loss_sum: torch.Tensor | float = 0.0
-    for part in batch.split(max_micro):
+    for k, part in enumerate(parts):
         x, y = data.examples(part)
-        with autocast or contextlib.nullcontext():
-            logits = model(x)
-        loss = summed_cross_entropy(logits, y)
-        (loss / total).backward()
+        with _sync_gradients(model, k == len(parts) - 1):
+            with autocast or contextlib.nullcontext():
+                logits = model(x)
+            loss = summed_cross_entropy(logits, y)
+            (loss * scale).backward()
         loss_sum = loss_sum + loss.detach()
-    return loss_sum / total
+    return loss_sum / len(batch)
+
+
+def _sync_gradients(model: torch.nn.Module, sync: bool) -> contextlib.AbstractContextManager:
+    ddp = getattr(model, "_orig_mod", model)  # torch.compile wraps the DDP module
+    if sync or not isinstance(ddp, DistributedDataParallel):
+        return contextlib.nullcontext()
+    return ddp.no_sync()
 
 
 @torch.no_grad()
-def evaluate(
+def evaluation_totals(
     model: torch.nn.Module,
     batches,
     autocast: contextlib.AbstractContextManager | None = None,
-) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy over an iterable of (x, y) batches."""
+) -> torch.Tensor:
+    """float64 [summed cross-entropy, correct predictions, examples] over an iterable of (x, y)
+    batches: additive, so ranks evaluating disjoint shares sum them."""
     was_training = model.training
     model.eval()
-    loss_sum = torch.zeros((), dtype=torch.float64)
-    correct = torch.zeros((), dtype=torch.int64)
-    count = 0
+    totals = torch.zeros(3, dtype=torch.float64)
     for x, y in batches:
         with autocast or contextlib.nullcontext():
             logits = model(x)
-        loss_sum += summed_cross_entropy(logits, y).double().cpu()
-        correct += (logits.argmax(dim=1) == y).sum().cpu()
-        count += len(y)
+        totals[0] += summed_cross_entropy(logits, y).double().cpu()
+        totals[1] += (logits.argmax(dim=1) == y).sum().cpu()
+        totals[2] += len(y)
     model.train(was_training)
-    return (loss_sum / count).item(), (correct.double() / count).item()
+    return totals

@@ -1,7 +1,7 @@
 """Datasets, seeded index streams, device-side augmentation and micro-batching."""
 
 from adabatch.data.augment import AUGMENTATIONS, Augmentation, CropFlip, FlipResizedCrop, build_augmentation
-from adabatch.data.batches import Batch, TrainingData, evaluation_batches, normalize
+from adabatch.data.batches import Batch, Layout, TrainingData, evaluation_batches, normalize, plan_layout
 from adabatch.data.sources import DATASETS, ArrayDataset, DatasetUnavailable, load_dataset
 from adabatch.data.stream import IndexStream
 
@@ -15,9 +15,11 @@ __all__ = [
     "DatasetUnavailable",
     "FlipResizedCrop",
     "IndexStream",
+    "Layout",
     "TrainingData",
     "build_augmentation",
     "evaluation_batches",
     "load_dataset",
     "normalize",
+    "plan_layout",
 ]

@@ -42,16 +42,42 @@ class Batch:
         """Consecutive micro-batches of at most `max_size` examples, as few and as even as possible."""
         if max_size < 1:
             raise ValueError(f"max_size must be positive, got {max_size}")
+        return self.split_into(-(-len(self) // max_size))
+
+    def split_into(self, parts: int) -> list[Batch]:
+        """`parts` consecutive micro-batches as even as possible, leaving out empty ones."""
         if len(self) == 0:
             return []
-        parts = -(-len(self) // max_size)
-        return [self._slice(start, end) for start, end in _even_bounds(len(self), parts)]
+        return [self._slice(start, end) for start, end in _even_bounds(len(self), parts) if end > start]
 
     def shard(self, rank: int, world_size: int) -> Batch:
         """The contiguous part of this batch for data-parallel `rank` of `world_size`."""
         if not 0 <= rank < world_size:
             raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
         return self._slice(*_even_bounds(len(self), world_size)[rank])
+
+    def local_micro_batches(self, rank: int, world_size: int, max_micro: int) -> list[Batch]:
+        """The micro-batches `rank` runs: its even share of the batch, split into as many
+        micro-batches as every other rank (fewer only if its share is smaller than that count)."""
+        layout = plan_layout(len(self), world_size, max_micro)
+        return self.shard(rank, world_size).split_into(layout.accumulation)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How a batch is spread: each of `world_size` ranks runs `accumulation` micro-batches of at
+    most `micro_batch_size` examples (<= max_micro), all sizes within one example of each other."""
+
+    world_size: int
+    accumulation: int
+    micro_batch_size: int
+
+
+def plan_layout(batch_size: int, world_size: int, max_micro: int) -> Layout:
+    if max_micro < 1:
+        raise ValueError(f"batch_size.max_micro={max_micro} must be >= 1")
+    accumulation = max(1, -(-batch_size // (world_size * max_micro)))
+    return Layout(world_size, accumulation, -(-batch_size // (world_size * accumulation)))
 
 
 @functools.lru_cache(maxsize=16)
@@ -113,12 +139,19 @@ class TrainingData:
 
 
 def evaluation_batches(
-    dataset: ArrayDataset, split: str, batch_size: int, device: torch.device | str, limit: int | None = None
+    dataset: ArrayDataset,
+    split: str,
+    batch_size: int,
+    device: torch.device | str,
+    limit: int | None = None,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """The first `limit` examples (all by default) of the "train" or "test" split, in order,
-    normalized, without augmentation."""
+    normalized, without augmentation; under data parallelism, `rank`'s contiguous share of them."""
     images, labels = (dataset.train_x, dataset.train_y) if split == "train" else (dataset.test_x, dataset.test_y)
-    end = len(labels) if limit is None else min(limit, len(labels))
-    for start in range(0, end, batch_size):
+    total = len(labels) if limit is None else min(limit, len(labels))
+    first, end = _even_bounds(total, world_size)[rank]
+    for start in range(first, end, batch_size):
         stop = min(start + batch_size, end)
         yield normalize(images[start:stop].to(device), dataset), labels[start:stop].to(device)

@@ -43,6 +43,13 @@ class GradientSums:
             if self.coord_sq is not None:
                 self.coord_sq[t] += g.pow(2).sum(0, dtype=torch.float64)
 
+    def first_phase(self) -> list[torch.Tensor]:
+        """The float64 sums to all-reduce across ranks before the batch gradient is known."""
+        return [*self.grad, self.sq_norm, *(self.coord_sq or [])]
+
+    def second_phase(self) -> list[torch.Tensor]:
+        return [self.ip_sq, self.global_ip_sq]
+
     def mean_gradient(self) -> list[torch.Tensor]:
         return [g / self.count for g in self.grad]
 

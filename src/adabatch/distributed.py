@@ -1,0 +1,107 @@
+"""Data-parallel processes (torchrun / DDP): which one this is, and the few collectives training needs.
+
+Under torchrun (WORLD_SIZE > 1) every rank draws the whole global batch of indices from the same
+seeded stream and works on its own contiguous share. What crosses the network are sums (gradients,
+the tests' additive sums, losses, evaluation totals) and the next batch size, never a per-example
+gradient or activation.
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from omegaconf import OmegaConf
+
+
+@dataclass(frozen=True)
+class World:
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def sum_(self, tensors: list[torch.Tensor]) -> None:
+        """Replace each tensor (all of one dtype and device) by its sum over ranks, in one collective."""
+        if self.size == 1 or not tensors:
+            return
+        flat = torch.cat([t.reshape(-1) for t in tensors])
+        dist.all_reduce(flat)
+        offset = 0
+        for t in tensors:
+            t.copy_(flat[offset : offset + t.numel()].view_as(t))
+            offset += t.numel()
+
+    def agree(self, value: int) -> int:
+        """Rank 0's `value`, on every rank: ranks never disagree on, e.g., the next batch size."""
+        if self.size == 1:
+            return value
+        box = torch.tensor([value], dtype=torch.int64)  # a CPU tensor: gloo carries it, also next to NCCL
+        dist.broadcast(box, src=0)
+        return int(box.item())
+
+    @contextlib.contextmanager
+    def main_first(self) -> Iterator[None]:
+        """Rank 0 runs the block first (e.g. downloads a dataset), then the other ranks."""
+        if not self.is_main:
+            dist.barrier()
+        yield
+        if self.is_main and self.size > 1:
+            dist.barrier()
+
+
+SINGLE_PROCESS = World()
+
+
+def current_world() -> World:
+    if not (dist.is_available() and dist.is_initialized()):
+        return SINGLE_PROCESS
+    return World(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def join_process_group() -> World:
+    """Join torchrun's process group when launched by it (WORLD_SIZE > 1): NCCL for CUDA tensors
+    and gloo for CPU tensors. A plain `python` launch stays a single process."""
+    if int(os.environ.get("WORLD_SIZE", 1)) > 1 and not dist.is_initialized():
+        local_rank = int(os.environ.get("LOCAL_RANK", 0))
+        if torch.cuda.is_available():
+            torch.cuda.set_device(local_rank)
+            dist.init_process_group("cpu:gloo,cuda:nccl")
+        else:
+            dist.init_process_group("gloo")
+    _agree_on_launch_time()
+    return current_world()
+
+
+def leave_process_group() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+_launch_time: list[datetime.datetime] = []
+
+
+def _agree_on_launch_time() -> None:
+    """Rank 0's clock, on every rank, so that all ranks name the same run directory."""
+    stamp = [datetime.datetime.now()]
+    if dist.is_available() and dist.is_initialized():
+        dist.broadcast_object_list(stamp, src=0)
+    _launch_time[:] = stamp
+
+
+def launch_time(pattern: str) -> str:
+    """`${launch_time:%Y-%m-%d_%H-%M-%S}` in configs: like Hydra's `${now:...}`, but one value for
+    all the ranks of a torchrun launch."""
+    if not _launch_time:  # not launched through train.py: this process's clock
+        _launch_time.append(datetime.datetime.now())
+    return _launch_time[0].strftime(pattern)
+
+
+OmegaConf.register_new_resolver("launch_time", launch_time, replace=True)
