@@ -1,8 +1,13 @@
 """Train one configuration: `python src/train.py dataset=... model=... optimizer=... batch_size=...`.
 
 Hydra composes configs/train.yaml with the chosen groups; the run directory (Hydra's output
-directory) receives config.yaml, metrics.jsonl, summary.json and model.pt. Under
-`torchrun --nproc_per_node=N src/train.py ...` the N ranks train one run with DDP, and rank 0 writes it.
+directory) receives config.yaml, metrics.jsonl, checkpoint.pt while it runs, then summary.json and
+model.pt. Rerunning the same command in the same run directory resumes it from its checkpoint.
+Under `torchrun --nproc_per_node=N src/train.py ...` the N ranks train one run with DDP, and rank 0
+writes it.
+
+Exit codes: 0 (completed, or diverged: see summary.json), 2 (a bad config or missing data: one line
+on stderr, nothing written), 75 (stopped by SIGTERM/SIGUSR1 after a checkpoint: run it again to resume).
 """
 from __future__ import annotations
 
@@ -16,6 +21,7 @@ from omegaconf import DictConfig
 
 from adabatch.data import DatasetUnavailable
 from adabatch.distributed import current_world, join_process_group, leave_process_group
+from adabatch.preemption import PREEMPTED_EXIT_CODE
 from adabatch.training import train
 
 log = logging.getLogger("adabatch")
@@ -27,20 +33,36 @@ def main(cfg: DictConfig) -> float | None:
     try:
         summary = train(cfg, run_dir, current_world())
     except (ValueError, DatasetUnavailable) as error:
-        log.error("%s", error)
+        remove_if_empty(run_dir)
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
-    log.info(
-        "done: %d steps, %d samples, final test acc %.4f, mean batch size %.1f; records in %s",
-        summary["steps"], summary["samples"], summary["final_test_acc"], summary["mean_batch_size"], run_dir,
-    )
+    status = summary["status"]
+    if summary.get("already_ended"):
+        log.info("nothing to do: %s holds an ended run (status %s); resume=never starts it afresh", run_dir, status)
+    elif status == "preempted":
+        log.warning("stopped by a signal at step %d after a checkpoint; run the same command to resume", summary["steps"])
+        sys.exit(PREEMPTED_EXIT_CODE)
+    elif status == "diverged":
+        log.warning("diverged at step %d: %s; summary.json says status: diverged, the last checkpoint is kept in %s",
+                    summary["diverged_at_step"], summary["diverged_because"], run_dir)
+    else:
+        log.info("done: %d steps, %d samples, final test acc %.4f, mean batch size %.1f; records in %s",
+                 summary["steps"], summary["samples"], summary["final_test_acc"], summary["mean_batch_size"], run_dir)
     return summary["best_test_acc"]
+
+
+def remove_if_empty(run_dir: Path) -> None:
+    """Hydra creates the run directory before the config is checked; a rejected run leaves none."""
+    try:
+        run_dir.rmdir()
+    except OSError:  # not empty (an earlier run's records, untouched) or already gone
+        pass
 
 
 if __name__ == "__main__":
     world = join_process_group()  # before Hydra names the run directory, so that all ranks share it
     if not world.is_main:  # rank 0 alone writes the run directory's files
-        sys.argv += ["hydra.output_subdir=null", "hydra/job_logging=disabled"]
+        sys.argv += ["hydra/job_logging=disabled"]
     try:
         main()
     finally:

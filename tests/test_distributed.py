@@ -42,7 +42,7 @@ def reference():
     return collect(SINGLE_PROCESS)
 
 
-@pytest.mark.parametrize("nproc", [2, 3])
+@pytest.mark.parametrize("nproc", [2])
 def test_ranks_give_the_global_batch_statistics_gradients_and_evaluation(nproc, reference, tmp_path):
     code, stderr = finish(torchrun(nproc, "tests/ranks_worker.py", str(tmp_path)))
     assert code == 0, stderr[-3000:]

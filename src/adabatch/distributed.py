@@ -12,6 +12,7 @@ import datetime
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -46,6 +47,22 @@ class World:
         box = torch.tensor([value], dtype=torch.int64)  # a CPU tensor: gloo carries it, also next to NCCL
         dist.broadcast(box, src=0)
         return int(box.item())
+
+    def any(self, flag: bool) -> bool:
+        """Whether `flag` is set on any rank (e.g. a stop signal that reached one rank first)."""
+        if self.size == 1:
+            return flag
+        box = torch.tensor([int(flag)], dtype=torch.int64)
+        dist.all_reduce(box, op=dist.ReduceOp.MAX)
+        return bool(box.item())
+
+    def gather(self, value: Any) -> list[Any] | None:
+        """Every rank's `value` (any picklable object), in rank order, on rank 0; None elsewhere."""
+        if self.size == 1:
+            return [value]
+        gathered = [None] * self.size if self.is_main else None
+        dist.gather_object(value, gathered, dst=0)
+        return gathered
 
     @contextlib.contextmanager
     def main_first(self) -> Iterator[None]:

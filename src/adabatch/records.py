@@ -42,19 +42,34 @@ def write_atomic(path: Path, content: str | Callable[[IO[bytes]], None]) -> None
 
 
 class RunRecords:
-    def __init__(self, run_dir: str | Path) -> None:
+    """`resume_at` (bytes of metrics.jsonl that a checkpoint covers) continues a run's records: what
+    was written after that point is cut off, and will be written again by the resumed run."""
+
+    def __init__(self, run_dir: str | Path, resume_at: int | None = None) -> None:
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self._metrics = None
+        metrics = self.run_dir / METRICS_FILE
+        if resume_at is None:
+            self._metrics = open(metrics, "w")  # a fresh run starts its records afresh
+        else:
+            if not metrics.exists() or metrics.stat().st_size < resume_at:
+                raise RuntimeError(f"{metrics} is shorter than its checkpoint says ({resume_at} bytes): it was altered")
+            self._metrics = open(metrics, "r+")
+            self._metrics.truncate(resume_at)
+            self._metrics.seek(resume_at)
 
     def write_config(self, config: Mapping[str, Any]) -> None:
         write_atomic(self.run_dir / CONFIG_FILE, yaml.safe_dump(dict(config), sort_keys=False))
 
     def append(self, record: Mapping[str, Any]) -> None:
-        if self._metrics is None:  # a run starts its records afresh, also when it reuses a directory
-            self._metrics = open(self.run_dir / METRICS_FILE, "w")
         self._metrics.write(json.dumps(record) + "\n")
         self._metrics.flush()
+
+    def metrics_position(self) -> int:
+        """Bytes of metrics.jsonl written so far, synced to disk: where a checkpoint's records end."""
+        self._metrics.flush()
+        os.fsync(self._metrics.fileno())
+        return self._metrics.tell()
 
     def write_model(self, state_dict: Mapping[str, Any]) -> None:
         write_atomic(self.run_dir / MODEL_FILE, lambda f: torch.save(dict(state_dict), f))
@@ -63,9 +78,7 @@ class RunRecords:
         write_atomic(self.run_dir / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
 
     def close(self) -> None:
-        if self._metrics is not None:
-            self._metrics.close()
-            self._metrics = None
+        self._metrics.close()
 
 
 def read_metrics(run_dir: str | Path, kind: str | None = None) -> Iterator[dict[str, Any]]:

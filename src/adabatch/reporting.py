@@ -13,24 +13,36 @@ from .records import RunRecords
 
 
 class Reporter:
-    """`writes=False` (data-parallel ranks other than 0) keeps the summary and writes nothing."""
+    """`writes=False` (data-parallel ranks other than 0) keeps the summary and writes nothing.
+    `resume` (a checkpoint's reporter state) continues the records where the checkpoint left them."""
 
-    def __init__(self, cfg: DictConfig, run_dir: Path, writes: bool = True) -> None:
+    def __init__(self, cfg: DictConfig, run_dir: Path, writes: bool = True, resume: dict | None = None) -> None:
         config = OmegaConf.to_container(cfg, resolve=True)
+        resume = resume or {}
         self.records = self.progress = self.wandb = None
         if writes:
-            self.records = RunRecords(run_dir)
-            self.records.write_config(config)
+            self.records = RunRecords(run_dir, resume_at=resume.get("metrics_bytes"))
+            if not resume:
+                self.records.write_config(config)
             self.progress = Progress(cfg.train.samples, every_s=cfg.train.progress_every_s)
         if writes and cfg.logger.name == "wandb":
             from .wandb_sink import WandbSink
 
-            self.wandb = WandbSink(cfg.logger, config, run_dir, name=run_dir.name)
+            self.wandb = WandbSink(cfg.logger, config, run_dir, name=run_dir.name, run_id=resume.get("wandb_id"))
         self.log_every = cfg.train.log_every
         self.norm_policy = cfg.model.norm
-        self.last_train: dict[str, Any] | None = None
-        self.unrecorded_train: dict[str, Any] | None = None  # the last step, when log_every skipped it
-        self.evals: list[dict[str, Any]] = []
+        self.last_train: dict[str, Any] | None = resume.get("last_train")
+        self.unrecorded_train: dict[str, Any] | None = resume.get("unrecorded_train")  # the last step, if skipped
+        self.evals: list[dict[str, Any]] = resume.get("evals", [])
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "metrics_bytes": self.records.metrics_position() if self.records is not None else None,
+            "last_train": self.last_train,
+            "unrecorded_train": self.unrecorded_train,
+            "evals": self.evals,
+            "wandb_id": self.wandb.run.id if self.wandb is not None else None,
+        }
 
     def _emit(self, record: dict[str, Any]) -> None:
         if self.records is not None:
@@ -87,8 +99,15 @@ class Reporter:
             if model is not None:
                 self.records.write_model(model.state_dict())
             self.records.write_summary(summary)
+        if self.wandb is not None:
+            self.wandb.set_summary(summary)
+        self.close(exit_code=0)
+        return summary
+
+    def close(self, exit_code: int = 0) -> None:
+        """Close the records (without a summary when the run stops early: it will be resumed)."""
+        if self.records is not None:
             self.records.close()
             self.progress.close()
         if self.wandb is not None:
-            self.wandb.finish(summary)
-        return summary
+            self.wandb.finish(exit_code)

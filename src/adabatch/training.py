@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch.nn.parallel import DistributedDataParallel
 
 from .batch_size import AdaptiveTest, BatchSizePolicy, build_policy
@@ -16,14 +17,17 @@ from .data import ArrayDataset, Batch, TrainingData, build_augmentation, evaluat
 from .device import autocast, resolve_device
 from .distributed import SINGLE_PROCESS, World
 from .models import build_model
+from .checkpoint import (
+    CHECKPOINT_FILE, how_to_start, load_checkpoint, remove_temporary_files, restore, write_checkpoint,
+)
 from .optim import build_optimizer
+from .preemption import PREEMPTED_EXIT_CODE, StopRequest
+from .records import read_summary
 from .reporting import Reporter
 from .schedules import Schedule, build_schedule
-from .stats import PerExampleEngine, build_engine, gradient_with_statistics
+from .stats import BatchStatistics, PerExampleEngine, build_engine, gradient_with_statistics
 from .step import accumulate_gradient, evaluation_totals
-
-MODEL_KEYS_NOT_OPTIONS = ("name", "norm")
-
+from .validation import MODEL_KEYS_NOT_OPTIONS, check_config, plain
 
 @dataclass
 class Experiment:
@@ -42,11 +46,8 @@ class Experiment:
     autocast: contextlib.AbstractContextManager
 
 
-def plain(node: DictConfig) -> dict[str, Any]:
-    return OmegaConf.to_container(node, resolve=True)
-
-
 def build_experiment(cfg: DictConfig, world: World = SINGLE_PROCESS) -> Experiment:
+    check_config(cfg, world)
     device = resolve_device(cfg.device, world.local_rank)
     torch.manual_seed(cfg.seed)
     with world.main_first():  # rank 0 downloads what is missing; the others then find it
@@ -56,14 +57,8 @@ def build_experiment(cfg: DictConfig, world: World = SINGLE_PROCESS) -> Experime
     model = build_model(cfg.model.name, dataset.input_shape, dataset.num_classes, norm=cfg.model.norm, **options)
     model = model.to(device)
     policy = build_policy(plain(cfg.batch_size), budget=cfg.train.samples)
-    if policy.initial < world.size:
-        raise ValueError(
-            f"batch_size.initial={policy.initial} gives some of the {world.size} ranks no example; "
-            f"raise batch_size.initial to at least {world.size} or run fewer processes"
-        )
     engine = None
     if isinstance(policy, AdaptiveTest):
-        refuse_batch_norm(model, cfg)
         engine = build_engine(cfg.batch_size.engine, model)  # on the bare model: tested steps reduce their own sums
     step_model = model
     if world.size > 1:
@@ -81,15 +76,6 @@ def build_experiment(cfg: DictConfig, world: World = SINGLE_PROCESS) -> Experime
         engine=engine,
         autocast=autocast(device, cfg.train.precision),
     )
-
-
-def refuse_batch_norm(model: torch.nn.Module, cfg: DictConfig) -> None:
-    """BatchNorm mixes the examples of a batch, so per-example gradients (and the tests) are undefined."""
-    if any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()):
-        raise ValueError(
-            f"batch_size={cfg.batch_size.name} needs per-example gradients, which BatchNorm does not have "
-            f"(model.norm={cfg.model.norm}); use model.norm=group (the default) or model.norm=none"
-        )
 
 
 def set_learning_rate(optimizer: torch.optim.Optimizer, base_lrs: list[float], factor: float) -> float:
@@ -111,12 +97,43 @@ def batch_gradient(exp: Experiment, batch: Batch, max_micro: int, tested: bool) 
     return loss, statistics
 
 
+@dataclass
+class LoopState:
+    """The loop's counters: with the components' own states, all a checkpoint needs to continue."""
+
+    batch_size: int  # of the next step
+    next_eval: int
+    next_checkpoint: int
+    step: int = 0
+    samples: int = 0
+    train_time: float = 0.0  # seconds in training steps, over all the run's processes
+    wall_time: float = 0.0   # seconds from start to the last checkpoint, over all the run's processes
+    resumes: int = 0
+
+
+def divergence(train_loss: float, statistics: BatchStatistics | None) -> str | None:
+    if not math.isfinite(train_loss):
+        return f"the training loss is {train_loss}"
+    if statistics is not None and not statistics.is_finite():
+        return "a test statistic is not finite"
+    return None
+
+
 def train(cfg: DictConfig, run_dir: Path, world: World = SINGLE_PROCESS) -> dict[str, Any]:
-    """Train on this process's share of every batch; rank 0 alone writes the records."""
+    """Train on this process's share of every batch, continuing from the run directory's checkpoint
+    when it has one (resume=auto). Rank 0 alone writes the records and the checkpoints. Returns the
+    summary; its status is "completed", "diverged", "preempted" (a stop signal: checkpointed, to be
+    resumed, no summary.json); for a run directory whose run had ended, that run's summary, untouched."""
+    start = how_to_start(cfg, run_dir)
+    if start == "ended":
+        return {**read_summary(run_dir), "already_ended": True}
     exp = build_experiment(cfg, world)
     budget, eval_every, max_micro = cfg.train.samples, cfg.train.eval_every, cfg.batch_size.max_micro
     base_lrs = [group["lr"] for group in exp.optimizer.param_groups]
-    reporter = Reporter(cfg, run_dir, writes=world.is_main)
+    checkpoint = load_checkpoint(run_dir) if start == "resume" else None
+    if world.is_main:
+        remove_temporary_files(run_dir)
+    reporter = Reporter(cfg, run_dir, writes=world.is_main, resume=checkpoint["reporter"] if checkpoint else None)
     started = time.perf_counter()
 
     def run_evaluation(step: int, samples: int) -> None:
@@ -134,37 +151,66 @@ def train(cfg: DictConfig, run_dir: Path, world: World = SINGLE_PROCESS) -> dict
         reporter.evaluation(step=step, samples=samples, test_loss=test_loss, test_acc=test_acc,
                             train_eval_loss=train_eval_loss, train_eval_acc=train_eval_acc)
 
-    step, samples, train_time = 0, 0, 0.0
-    batch_size = exp.policy.initial
-    next_eval = eval_every
-    run_evaluation(step, samples)
-    exp.model.train()
-    while samples < budget:
-        tick = time.perf_counter()
-        batch = exp.data.draw(batch_size)
-        lr = set_learning_rate(exp.optimizer, base_lrs, exp.schedule(samples))
-        exp.optimizer.zero_grad(set_to_none=True)
-        tested = exp.policy.wants_statistics(step + 1, batch_size)
-        loss, statistics = batch_gradient(exp, batch, max_micro, tested)
-        exp.optimizer.step()
-        step, samples = step + 1, samples + len(batch)
-        decision = exp.policy.decide(step=step, samples=samples, batch_size=batch_size, statistics=statistics)
-        next_size = world.agree(decision.next_size)
-        train_loss = loss.item()  # also waits for the device, so time_s is honest
-        train_time += time.perf_counter() - tick
-        layout = plan_layout(batch_size, world.size, max_micro)
-        reporter.training(
-            step=step, samples=samples, batch_size=batch_size, micro_batch_size=layout.micro_batch_size,
-            accumulation=layout.accumulation, lr=lr, train_loss=train_loss, time_s=train_time,
-            next_batch_size=next_size, **decision.record,
+    def summary(status: str, **fields: Any) -> dict[str, Any]:
+        return reporter.finish(
+            status=status, steps=loop.step, samples=loop.samples, train_time_s=loop.train_time,
+            wall_time_s=wall_time(), world_size=world.size, resumes=loop.resumes, **fields,
         )
-        batch_size = next_size
-        if samples >= next_eval or samples >= budget:
-            run_evaluation(step, samples)
-            while next_eval <= samples:
-                next_eval += eval_every
 
-    return reporter.finish(
-        status="completed", steps=step, samples=samples, train_time_s=train_time,
-        wall_time_s=time.perf_counter() - started, world_size=world.size, model=exp.model if cfg.train.save_model else None,
-    )
+    if checkpoint is not None:
+        restore(exp, checkpoint)
+        loop = LoopState(**checkpoint["loop"])
+        loop.resumes += 1
+    else:
+        loop = LoopState(exp.policy.initial, next_eval=eval_every, next_checkpoint=cfg.train.checkpoint_every)
+        run_evaluation(0, 0)
+    wall_before = loop.wall_time
+
+    def wall_time() -> float:
+        return wall_before + time.perf_counter() - started
+
+    exp.model.train()
+    with StopRequest() as stop:
+        while loop.samples < budget:
+            tick = time.perf_counter()
+            batch_size = loop.batch_size
+            batch = exp.data.draw(batch_size)
+            lr = set_learning_rate(exp.optimizer, base_lrs, exp.schedule(loop.samples))
+            exp.optimizer.zero_grad(set_to_none=True)
+            tested = exp.policy.wants_statistics(loop.step + 1, batch_size)
+            loss, statistics = batch_gradient(exp, batch, max_micro, tested)
+            train_loss = loss.item()  # also waits for the device, so time_s is honest
+            problem = divergence(train_loss, statistics)  # the same on every rank: both are all-reduced
+            if problem is not None:
+                return summary("diverged", model=None, diverged_at_step=loop.step + 1, diverged_because=problem)
+            exp.optimizer.step()
+            loop.step, loop.samples = loop.step + 1, loop.samples + len(batch)
+            decision = exp.policy.decide(
+                step=loop.step, samples=loop.samples, batch_size=batch_size, statistics=statistics
+            )
+            loop.batch_size = world.agree(decision.next_size)
+            loop.train_time += time.perf_counter() - tick
+            layout = plan_layout(batch_size, world.size, max_micro)
+            reporter.training(
+                step=loop.step, samples=loop.samples, batch_size=batch_size,
+                micro_batch_size=layout.micro_batch_size, accumulation=layout.accumulation, lr=lr,
+                train_loss=train_loss, time_s=loop.train_time, next_batch_size=loop.batch_size, **decision.record,
+            )
+            if loop.samples >= loop.next_eval or loop.samples >= budget:
+                run_evaluation(loop.step, loop.samples)
+                while loop.next_eval <= loop.samples:
+                    loop.next_eval += eval_every
+            stopping = world.any(bool(stop))
+            if stopping or loop.next_checkpoint <= loop.samples < budget:
+                while loop.next_checkpoint <= loop.samples:
+                    loop.next_checkpoint += cfg.train.checkpoint_every
+                loop.wall_time = wall_time()
+                write_checkpoint(exp, loop, reporter, run_dir)
+            if stopping:
+                reporter.close(exit_code=PREEMPTED_EXIT_CODE)
+                return {"status": "preempted", "steps": loop.step, "samples": loop.samples}
+
+    result = summary("completed", model=exp.model if cfg.train.save_model else None)
+    if world.is_main:
+        (run_dir / CHECKPOINT_FILE).unlink(missing_ok=True)  # the run is complete: model.pt and the records remain
+    return result

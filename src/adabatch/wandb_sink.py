@@ -49,7 +49,10 @@ def resolve_mode(requested: str) -> str:
 
 
 class WandbSink:
-    def __init__(self, cfg: Mapping[str, Any], config: Mapping[str, Any], run_dir: Path, name: str) -> None:
+    def __init__(
+        self, cfg: Mapping[str, Any], config: Mapping[str, Any], run_dir: Path, name: str, run_id: str | None = None
+    ) -> None:
+        """`run_id`: continue that W&B run (a resumed training run) instead of starting one."""
         import wandb
 
         self.mode = resolve_mode(cfg.get("mode", "auto"))
@@ -62,6 +65,8 @@ class WandbSink:
             dir=str(run_dir),
             config=dict(config),
             mode=self.mode,
+            id=run_id,
+            resume="allow" if run_id else None,
         )
         self.run.define_metric("samples")
         self.run.define_metric("*", step_metric="samples")
@@ -70,7 +75,9 @@ class WandbSink:
         kind = record.get("kind", "train")
         self.run.log({f"{kind}/{k}" if k not in ("samples", "step") else k: v for k, v in record.items() if k != "kind"})
 
-    def finish(self, summary: Mapping[str, Any]) -> None:
+    def set_summary(self, summary: Mapping[str, Any]) -> None:
         for key, value in summary.items():
             self.run.summary[key] = value
-        self.run.finish()
+
+    def finish(self, exit_code: int = 0) -> None:
+        self.run.finish(exit_code=exit_code)

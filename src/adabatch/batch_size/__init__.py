@@ -1,6 +1,7 @@
 """Batch-size policies: what the next batch size is after each optimizer step."""
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -33,7 +34,7 @@ def build_policy(cfg: Mapping[str, Any], budget: int) -> BatchSizePolicy:
     try:
         return POLICY_CLASSES[name](**options)
     except TypeError as error:  # an unknown or missing key
-        raise ValueError(f"batch_size={name}: {error}".replace("__init__() ", "")) from None
+        raise ValueError(re.sub(r"\w+\.__init__\(\) ", "", f"batch_size={name}: {error}")) from None
 
 
 __all__ = ["AdaptiveTest", "BatchSizePolicy", "Decision", "POLICIES", "build_policy", "grow"]

@@ -31,6 +31,14 @@ class BatchSizePolicy(ABC):
         self.initial = initial
         self.max = max
 
+    def state_dict(self) -> dict[str, Any]:
+        """What a checkpoint must keep beyond the config: nothing for the policies here, which decide
+        from (step, samples, batch size, statistics) alone; a policy with memory returns it."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
     def wants_statistics(self, step: int, batch_size: int) -> bool:
         """Whether the step about to run (1-based `step`) needs per-example statistics."""
         return False

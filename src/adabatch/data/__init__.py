@@ -2,12 +2,13 @@
 
 from adabatch.data.augment import AUGMENTATIONS, Augmentation, CropFlip, FlipResizedCrop, build_augmentation
 from adabatch.data.batches import Batch, Layout, TrainingData, evaluation_batches, normalize, plan_layout
-from adabatch.data.sources import DATASETS, ArrayDataset, DatasetUnavailable, load_dataset
+from adabatch.data.sources import DATASET_SHAPES, DATASETS, ArrayDataset, DatasetUnavailable, load_dataset
 from adabatch.data.stream import IndexStream
 
 __all__ = [
     "AUGMENTATIONS",
     "DATASETS",
+    "DATASET_SHAPES",
     "ArrayDataset",
     "Augmentation",
     "Batch",

@@ -17,6 +17,14 @@ import numpy as np
 import torch
 
 DATASETS = ("digits", "fashion_mnist", "mnist", "cifar10", "cifar100")
+# (C, H, W) and classes of each dataset, known before loading it (configs are checked first).
+DATASET_SHAPES = {
+    "digits": ((1, 8, 8), 10),
+    "fashion_mnist": ((1, 28, 28), 10),
+    "mnist": ((1, 28, 28), 10),
+    "cifar10": ((3, 32, 32), 10),
+    "cifar100": ((3, 32, 32), 100),
+}
 
 # Debian package `dataset-fashion-mnist`; module-level so tests can redirect it.
 DEBIAN_FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")

@@ -1,6 +1,7 @@
 """The tests' statistics from the sums (paper-notes section 2), all unbiased (divide by b - 1)."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -19,6 +20,12 @@ class BatchStatistics:
     orth_var: float | None = None       # V_orth: sum_i ||r_i||^2 / (b-1), r_i = g_i - <g_i,gbar>/||gbar||^2 gbar
     coord_var: list[torch.Tensor] | None = None   # V_j per coordinate, shaped like the parameters
     mean_grad: list[torch.Tensor] | None = None   # gbar, shaped like the parameters (for the coordinate test)
+
+    def is_finite(self) -> bool:
+        scalars = (self.grad_sq_norm, self.norm_var, self.ip_var, self.orth_var)
+        if not all(math.isfinite(v) for v in scalars if v is not None):
+            return False
+        return self.coord_var is None or all(bool(torch.isfinite(v).all()) for v in self.coord_var)
 
 
 def batch_statistics(sums: GradientSums, ip_mode: str = "global") -> BatchStatistics:

@@ -1,0 +1,79 @@
+"""Bad configs are refused before anything is loaded or written: one line on stderr naming the key,
+the value and what is allowed; exit code 2; no run directory left behind. Runs src/train.py's
+Hydra entry point in this process, as `python src/train.py <overrides>` would."""
+from __future__ import annotations
+
+import importlib.util
+import sys
+
+import pytest
+from helpers import ROOT
+
+spec = importlib.util.spec_from_file_location("train_cli", ROOT / "src" / "train.py")
+train_cli = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(train_cli)
+train_cli.main.__wrapped__.__module__ = "__main__"  # so Hydra finds configs/ next to src/, as when run as a script
+
+BAD_CONFIGS = {  # overrides: what the error line must say
+    "batch_size.eta=0": "batch_size.eta=0 must be > 0",
+    "batch_size.eta=-0.5": "batch_size.eta=-0.5 must be > 0",
+    "batch_size=inner_product batch_size.theta=0": "batch_size.theta=0 must be > 0",
+    "batch_size=augmented_inner_product batch_size.nu=-1": "batch_size.nu=-1 must be > 0",
+    "batch_size=coordinate_norm batch_size.quantile=1.5": "batch_size.quantile=1.5",
+    "batch_size.initial=600 batch_size.max=512": "batch_size.max=512 is below batch_size.initial=600",
+    "batch_size.initial=1": "batch_size.initial=1 must be >= 2",
+    "batch_size.max_micro=0": "batch_size.max_micro=0 must be an integer >= 1",
+    "batch_size.interval=0": "batch_size.interval=0 must be >= 1",
+    "batch_size.engine=jax": "batch_size.engine='jax' is unknown; choose one of opacus, functorch",
+    "batch_size=inner_product batch_size.ip_mode=local": "batch_size.ip_mode='local' is unknown",
+    "batch_size=linear_ramp batch_size.increment=-4": "batch_size.increment=-4",
+    "train.samples=0": "train.samples=0 must be an integer >= 1",
+    "train.samples=-100": "train.samples=-100 must be an integer >= 1",
+    "train.eval_every=0": "train.eval_every=0 must be an integer >= 1",
+    "train.checkpoint_every=0": "train.checkpoint_every=0 must be an integer >= 1",
+    "train.precision=fp16": "train.precision='fp16' is unknown; choose one of fp32, bf16",
+    "optimizer.name=lion": "optimizer='lion' is unknown; choose one of",
+    "optimizer.lr=-0.1": "optimizer=adagrad: Invalid learning rate: -0.1",
+    "+optimizer.nesterov=true": "optimizer=adagrad: got an unexpected keyword argument 'nesterov'",
+    "dataset.name=imagenet": "dataset='imagenet' is unknown; choose one of digits,",
+    "dataset.augmentation=mixup": "dataset.augmentation='mixup' is unknown; choose one of none, crop_flip, vit",
+    "model.name=resnet1000": "model='resnet1000' is unknown; choose one of",
+    "model.norm=layer": "model.norm='layer' is unknown; choose one of",
+    "+model.depth=3": "model=cnn has no option(s) ['depth']",
+    "model=resnet18 model.norm=batch": "batch_size=norm needs per-example gradients, which BatchNorm does not have",
+    "schedule.name=exponential": "schedule='exponential' is unknown; choose one of",
+    "device=tpu": "device='tpu' is unknown; choose one of auto, cpu, cuda",
+    "resume=sometimes": "resume='sometimes' is unknown; choose one of auto, never, must",
+    "resume=must": "resume=must but",
+}
+
+
+def run_cli(overrides: list[str], capsys) -> tuple[int, str]:
+    argv = sys.argv
+    sys.argv = ["train.py", *overrides]
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            train_cli.main()
+    finally:
+        sys.argv = argv
+    return exit_info.value.code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("overrides", BAD_CONFIGS)
+def test_a_bad_config_is_one_clear_line_with_exit_code_2_and_no_debris(overrides, tmp_path, capsys):
+    device = [] if "device=" in overrides else ["device=cpu"]
+    code, stderr = run_cli([*overrides.split(), *device, f"hydra.run.dir={tmp_path / 'run'}"], capsys)
+    lines = stderr.strip().splitlines()
+    assert code == 2 and len(lines) == 1, stderr
+    assert lines[0].startswith("error: ") and BAD_CONFIGS[overrides] in lines[0], lines[0]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_rejected_config_leaves_an_earlier_run_untouched(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "metrics.jsonl").write_text('{"kind": "train", "step": 1}\n')
+    code, _ = run_cli(["device=cpu", "batch_size.eta=0", f"hydra.run.dir={run_dir}"], capsys)
+    assert code == 2
+    assert [p.name for p in run_dir.iterdir()] == ["metrics.jsonl"]
+    assert (run_dir / "metrics.jsonl").read_text() == '{"kind": "train", "step": 1}\n'
