@@ -42,6 +42,14 @@ environment:
 clean-runs:
 	rm -rf runs multirun outputs
 
+## A sweep as a SLURM job array: make sweep NAME=eta GRID="experiment=cpu_digits_cnn batch_size.eta=0.25,0.5 seed=0,1"
+NAME ?= sweep
+GRID ?=
+SBATCH_ARGS ?=
+.PHONY: sweep
+sweep: $(SYNCED)
+	$(PY) scripts/sweep.py --name $(NAME) --submit $(foreach a,$(SBATCH_ARGS),--sbatch-arg=$(a)) $(GRID)
+
 # ---------------------------------------------------------------------------------------------
 # Reproduction. Every run is a make target (its summary.json), so an interrupted reproduction
 # resumes where it stopped and finished runs are skipped. A run is <experiment>/<method>-<optimizer>/seed<k>:

@@ -121,4 +121,5 @@ def launch_time(pattern: str) -> str:
     return _launch_time[0].strftime(pattern)
 
 
-OmegaConf.register_new_resolver("launch_time", launch_time, replace=True)
+# Cached like ${now:...}: Hydra copies the cache into the configs it hands to launched jobs.
+OmegaConf.register_new_resolver("launch_time", launch_time, replace=True, use_cache=True)
