@@ -15,12 +15,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import ROOT
+from helpers import ROOT, compose
 from ranks_worker import collect
 
 from adabatch.data import plan_layout
-from adabatch.distributed import SINGLE_PROCESS
+from adabatch.distributed import SINGLE_PROCESS, World
 from adabatch.records import MODEL_FILE, read_metrics, read_summary
+from adabatch.validation import ConfigError, check_config
 
 TORCHRUN = Path(sys.executable).with_name("torchrun")
 
@@ -133,8 +134,8 @@ def test_a_failing_rank_stops_every_rank(tmp_path):
     assert not any(Path(f"/proc/{pid}").exists() for pid in workers)
 
 
-def test_an_initial_batch_smaller_than_the_world_is_refused(tmp_path):
-    code, stderr = finish(torchrun(2, "src/train.py", "device=cpu", "batch_size=constant", "batch_size.initial=1",
-                                   f"hydra.run.dir={tmp_path / 'run'}"))
-    assert code != 0
-    assert "error: batch_size.initial=1 gives some of the 2 ranks no example; raise batch_size.initial" in stderr
+def test_an_initial_batch_smaller_than_the_world_is_refused():
+    cfg = compose("device=cpu", "batch_size=constant", "batch_size.initial=3")
+    check_config(cfg, World(rank=0, size=3))
+    with pytest.raises(ConfigError, match="batch_size.initial=3 gives some of the 4 ranks no example; raise batch_size"):
+        check_config(cfg, World(rank=1, size=4))

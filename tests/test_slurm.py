@@ -104,3 +104,13 @@ def test_a_preempted_array_task_resumes_and_ends_like_an_uninterrupted_one(tmp_p
     assert strip([read_summary(preempted)]) == strip([read_summary(twin)])
     model, expected = (torch.load(d / MODEL_FILE) for d in (preempted, twin))
     assert all(torch.equal(model[k], expected[k]) for k in expected)
+
+
+def test_the_multi_node_template_runs_a_ddp_run(tmp_path):
+    """slurm/ddp.sbatch on the one local node: srun, then torchrun with two CPU processes (gloo)."""
+    env = {**ENV, "NPROC_PER_NODE": "2", "RUN_DIR": str(tmp_path / "run")}
+    job = run("sbatch", "--parsable", "--cpus-per-task=2", f"--output={tmp_path}/ddp-%j.out", "slurm/ddp.sbatch",
+              *TINY_RUN, env=env).strip()
+    wait_until_gone(job)
+    summary = read_summary(tmp_path / "run")
+    assert (summary["status"], summary["world_size"]) == ("completed", 2), (tmp_path / f"ddp-{job}.out").read_text()

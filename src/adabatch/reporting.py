@@ -67,9 +67,9 @@ class Reporter:
         self._emit(record)
         if self.progress is not None:
             self.progress.note(
-            f"eval at step {record['step']} ({record['samples']} samples): "
-            f"test loss {record['test_loss']:.4f}, test acc {record['test_acc']:.4f}"
-        )
+                f"eval at step {record['step']} ({record['samples']} samples): "
+                f"test loss {record['test_loss']:.4f}, test acc {record['test_acc']:.4f}"
+            )
 
     def finish(
         self, *, status: str, steps: int, samples: int, model: torch.nn.Module | None, **fields: Any

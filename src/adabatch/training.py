@@ -13,13 +13,13 @@ from omegaconf import DictConfig
 from torch.nn.parallel import DistributedDataParallel
 
 from .batch_size import AdaptiveTest, BatchSizePolicy, build_policy
+from .checkpoint import (
+    CHECKPOINT_FILE, how_to_start, load_checkpoint, remove_temporary_files, restore, write_checkpoint,
+)
 from .data import ArrayDataset, Batch, TrainingData, build_augmentation, evaluation_batches, load_dataset, plan_layout
 from .device import autocast, resolve_device
 from .distributed import SINGLE_PROCESS, World
 from .models import build_model
-from .checkpoint import (
-    CHECKPOINT_FILE, how_to_start, load_checkpoint, remove_temporary_files, restore, write_checkpoint,
-)
 from .optim import build_optimizer
 from .preemption import PREEMPTED_EXIT_CODE, StopRequest
 from .records import read_summary
@@ -28,6 +28,7 @@ from .schedules import Schedule, build_schedule
 from .stats import BatchStatistics, PerExampleEngine, build_engine, gradient_with_statistics
 from .step import accumulate_gradient, evaluation_totals
 from .validation import MODEL_KEYS_NOT_OPTIONS, check_config, plain
+
 
 @dataclass
 class Experiment:
