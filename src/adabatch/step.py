@@ -28,7 +28,6 @@ def accumulate_gradient(
     synchronized once, in the last micro-batch's backward.
     """
     parts = batch.local_micro_batches(world.rank, world.size, max_micro)
-    scale = world.size / len(batch)
     loss_sum: torch.Tensor | float = 0.0
     for k, part in enumerate(parts):
         x, y = data.examples(part)
@@ -36,7 +35,7 @@ def accumulate_gradient(
             with autocast or contextlib.nullcontext():
                 logits = model(x)
             loss = summed_cross_entropy(logits, y)
-            (loss * scale).backward()
+            (loss / len(batch) * world.size).backward()  # * 1 in one process: exactly loss / b
         loss_sum = loss_sum + loss.detach()
     return loss_sum / len(batch)
 
