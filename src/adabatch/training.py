@@ -103,13 +103,16 @@ class LoopState:
     """The loop's counters: with the components' own states, all a checkpoint needs to continue."""
 
     batch_size: int  # of the next step
-    next_eval: int
-    next_checkpoint: int
     step: int = 0
     samples: int = 0
     train_time: float = 0.0  # seconds in training steps, over all the run's processes
     wall_time: float = 0.0   # seconds from start to the last checkpoint, over all the run's processes
     resumes: int = 0
+
+
+def crossed(before: int, after: int, every: int) -> bool:
+    """Whether going from `before` to `after` samples passed a multiple of `every`."""
+    return after // every > before // every
 
 
 def divergence(train_loss: float, statistics: BatchStatistics | None) -> str | None:
@@ -163,7 +166,7 @@ def train(cfg: DictConfig, run_dir: Path, world: World = SINGLE_PROCESS) -> dict
         loop = LoopState(**checkpoint["loop"])
         loop.resumes += 1
     else:
-        loop = LoopState(exp.policy.initial, next_eval=eval_every, next_checkpoint=cfg.train.checkpoint_every)
+        loop = LoopState(exp.policy.initial)
         run_evaluation(0, 0)
     wall_before = loop.wall_time
 
@@ -185,6 +188,7 @@ def train(cfg: DictConfig, run_dir: Path, world: World = SINGLE_PROCESS) -> dict
             if problem is not None:
                 return summary("diverged", model=None, diverged_at_step=loop.step + 1, diverged_because=problem)
             exp.optimizer.step()
+            before = loop.samples
             loop.step, loop.samples = loop.step + 1, loop.samples + len(batch)
             decision = exp.policy.decide(
                 step=loop.step, samples=loop.samples, batch_size=batch_size, statistics=statistics
@@ -197,14 +201,10 @@ def train(cfg: DictConfig, run_dir: Path, world: World = SINGLE_PROCESS) -> dict
                 micro_batch_size=layout.micro_batch_size, accumulation=layout.accumulation, lr=lr,
                 train_loss=train_loss, time_s=loop.train_time, next_batch_size=loop.batch_size, **decision.record,
             )
-            if loop.samples >= loop.next_eval or loop.samples >= budget:
+            if crossed(before, loop.samples, eval_every) or loop.samples >= budget:
                 run_evaluation(loop.step, loop.samples)
-                while loop.next_eval <= loop.samples:
-                    loop.next_eval += eval_every
             stopping = world.any(bool(stop))
-            if stopping or loop.next_checkpoint <= loop.samples < budget:
-                while loop.next_checkpoint <= loop.samples:
-                    loop.next_checkpoint += cfg.train.checkpoint_every
+            if stopping or (crossed(before, loop.samples, cfg.train.checkpoint_every) and loop.samples < budget):
                 loop.wall_time = wall_time()
                 write_checkpoint(exp, loop, reporter, run_dir)
             if stopping:
