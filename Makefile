@@ -42,6 +42,11 @@ environment:
 clean-runs:
 	rm -rf runs multirun outputs
 
+## Tested step against plain step, per engine and test: results/bench/<device>.md
+.PHONY: bench
+bench: $(SYNCED)
+	$(PY) scripts/bench_stats.py $(ARGS)
+
 ## A sweep as a SLURM job array: make sweep NAME=eta GRID="experiment=cpu_digits_cnn batch_size.eta=0.25,0.5 seed=0,1"
 NAME ?= sweep
 GRID ?=

@@ -24,7 +24,7 @@ BAD_CONFIGS = {  # overrides: what the error line must say
     "batch_size.initial=1": "batch_size.initial=1 must be >= 2",
     "batch_size.max_micro=0": "batch_size.max_micro=0 must be an integer >= 1",
     "batch_size.interval=0": "batch_size.interval=0 must be >= 1",
-    "batch_size.engine=jax": "batch_size.engine='jax' is unknown; choose one of opacus, functorch",
+    "batch_size.engine=jax": "batch_size.engine='jax' is unknown; choose one of ghost, opacus, functorch",
     "batch_size=inner_product batch_size.ip_mode=local": "batch_size.ip_mode='local' is unknown",
     "batch_size=linear_ramp batch_size.increment=-4": "batch_size.increment=-4",
     "train.samples=0": "train.samples=0 must be an integer >= 1",

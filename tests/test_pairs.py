@@ -8,6 +8,7 @@ from helpers import compose
 
 from adabatch.data import sources
 from adabatch.records import read_metrics
+from adabatch.stats import OpacusEngine
 from adabatch.training import build_experiment, train
 
 DATASETS = ("digits", "fashion_mnist", "mnist", "cifar10", "cifar100")
@@ -44,7 +45,7 @@ def test_pair_trains_and_has_exact_per_example_gradients(dataset, model, data_di
 
     exp = build_experiment(cfg)
     x, y = exp.data.examples(exp.data.draw(3))
-    _, per_example = exp.engine.per_example_gradients(x, y)
+    _, per_example = OpacusEngine(exp.model).per_example_gradients(x, y)
     params = [p for p in exp.model.parameters() if p.requires_grad]
     for i in range(3):
         exp.model.zero_grad()

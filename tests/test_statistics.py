@@ -111,13 +111,14 @@ def test_statistics_match_brute_force(model_key, engine_name, splits, references
         assert decision.next_size == max(BATCH, math.ceil(decision.record["proposal"]))
 
 
+@pytest.mark.parametrize("engine_name", ["ghost", "opacus"])
 @pytest.mark.parametrize("model_key", ["cnn", "vit"])
-def test_tested_step_leaves_the_same_gradient_as_a_plain_step(model_key):
+def test_tested_step_leaves_the_same_gradient_as_a_plain_step(model_key, engine_name):
     model, data, batch = tiny_problem(model_key)
     accumulate_gradient(model, data, batch, max_micro=5)
     plain = [p.grad.clone() for p in model.parameters()]
     model.zero_grad(set_to_none=True)
-    loss, _ = gradient_with_statistics(build_engine("opacus", model), data, batch, 4, Needs())
+    loss, _ = gradient_with_statistics(build_engine(engine_name, model), data, batch, 4, Needs())
     for p, g in zip(model.parameters(), plain):
         torch.testing.assert_close(p.grad, g, rtol=1e-10, atol=1e-15)
     model.zero_grad(set_to_none=True)
@@ -149,3 +150,63 @@ def test_engines_agree_in_float32_on_channels_last_activations():
     _, opacus = build_engine("opacus", model).per_example_gradients(x, y)
     for a, b in zip(opacus, functorch):
         assert (a - b).norm() <= 1e-5 * b.norm()
+
+
+GHOST_BRANCHES = {  # how the ghost engine treats dense layers with several positions (layers.py)
+    "gram": {"FORM_RATIO": {False: 0.0, True: 0.0}, "MIN_CHUNK_ELEMENTS": 1},
+    "formed_unfolded": {"FORM_RATIO": {False: 1e9, True: 1e9}, "GROUPED_CONV_MAX_CHANNELS": 0},
+    "formed_grouped": {"FORM_RATIO": {False: 1e9, True: 1e9}, "GROUPED_CONV_MAX_CHANNELS": 10**6,
+                       "GROUPED_CONV_MIN_POSITIONS": 0},
+    "formed_one_example_a_chunk": {"FORM_RATIO": {False: 1e9, True: 1e9}, "FORM_CHUNK_ELEMENTS": 1},
+}
+NEEDS = {"norm": Needs(), "inner_products": Needs(inner_products=True), "coordinates": Needs(coordinates=True)}
+
+
+@pytest.mark.parametrize("splits", (1, 3))
+@pytest.mark.parametrize("needs", NEEDS)
+@pytest.mark.parametrize("branch", GHOST_BRANCHES)
+@pytest.mark.parametrize("model_key", MODELS)
+def test_every_ghost_branch_matches_brute_force(model_key, branch, needs, splits, references, monkeypatch):
+    """Each way the ghost engine can treat a layer, alone and with each test's needs (the combined
+    needs of the test above force the formed branch), for an unsplit and a split batch."""
+    from adabatch.stats import layers
+
+    for name, value in GHOST_BRANCHES[branch].items():
+        monkeypatch.setattr(layers, name, value)
+    ref = references(model_key)
+    model, data, batch = tiny_problem(model_key)
+    _, s = gradient_with_statistics(build_engine("ghost", model), data, batch, math.ceil(BATCH / splits), NEEDS[needs])
+    close(s.grad_sq_norm, ref["grad_sq_norm"])
+    close(s.norm_var, ref["norm_var"])
+    if needs == "inner_products":
+        close(s.ip_var, ref["ip_var"])
+        close(s.orth_var, ref["orth_var"])
+    if needs == "coordinates":
+        coord_var = torch.cat([v.flatten() for v in s.coord_var])
+        torch.testing.assert_close(coord_var, ref["coord_var"], rtol=1e-8, atol=1e-14 * float(ref["coord_var"].abs().max()))
+    torch.testing.assert_close(torch.cat([p.grad.flatten() for p in model.parameters()]), ref["gbar"], rtol=1e-10, atol=1e-14)
+    assert all(p.requires_grad for p in model.parameters())  # a ghost pass turns them off only meanwhile
+
+
+class Twice(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.layer = torch.nn.Linear(4, 4)
+
+    def forward(self, x):
+        return self.layer(self.layer(x.flatten(1)[:, :4]))
+
+
+@pytest.mark.parametrize("module, message", [
+    (torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(36, 8), torch.nn.PReLU()), "PReLU has no ghost rule"),
+    (torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3, groups=1, padding="same"), torch.nn.Flatten()), "padding='same'"),
+])
+def test_ghost_engine_names_a_layer_it_cannot_handle(module, message):
+    with pytest.raises(ValueError, match=message + ".*use batch_size.engine=opacus"):
+        build_engine("ghost", module)
+
+
+def test_ghost_engine_refuses_a_module_called_twice():
+    model, data, batch = tiny_problem("mlp")
+    with pytest.raises(RuntimeError, match="'layer' runs more than once per forward pass"):
+        gradient_with_statistics(build_engine("ghost", Twice()), data, batch, BATCH, Needs())

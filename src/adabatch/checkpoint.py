@@ -25,8 +25,9 @@ if TYPE_CHECKING:
 
 CHECKPOINT_FILE = "checkpoint.pt"
 FORMAT = 1
-# Keys that may change between the start of a run and its resumption: they do not change results.
-MAY_CHANGE_ON_RESUME = ("resume", "logger", "train.progress_every_s", "data_dir")
+# Keys that may change between the start of a run and its resumption: they do not change results
+# (another statistics engine changes only the rounding of the statistics).
+MAY_CHANGE_ON_RESUME = ("resume", "logger", "train.progress_every_s", "data_dir", "batch_size.engine")
 
 
 def save_checkpoint(run_dir: Path, state: dict[str, Any]) -> None:

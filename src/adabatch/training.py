@@ -25,7 +25,7 @@ from .preemption import PREEMPTED_EXIT_CODE, StopRequest
 from .records import read_summary
 from .reporting import Reporter
 from .schedules import Schedule, build_schedule
-from .stats import BatchStatistics, PerExampleEngine, build_engine, gradient_with_statistics
+from .stats import BatchStatistics, StatisticsEngine, build_engine, gradient_with_statistics
 from .step import accumulate_gradient, evaluation_totals
 from .validation import MODEL_KEYS_NOT_OPTIONS, check_config, plain
 
@@ -43,7 +43,7 @@ class Experiment:
     optimizer: torch.optim.Optimizer
     schedule: Schedule
     policy: BatchSizePolicy
-    engine: PerExampleEngine | None  # per-example gradients, for the adaptive tests only
+    engine: StatisticsEngine | None  # per-example statistics, for the adaptive tests only
     autocast: contextlib.AbstractContextManager
 
 

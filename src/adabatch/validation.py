@@ -18,7 +18,7 @@ from .distributed import World
 from .models import build_model
 from .optim import build_optimizer
 from .schedules import build_schedule
-from .stats import ENGINES
+from .stats import ENGINES, build_engine
 
 RESUME_MODES = ("auto", "never", "must")
 MODEL_KEYS_NOT_OPTIONS = ("name", "norm")
@@ -75,6 +75,8 @@ def _check(cfg: DictConfig, world: World) -> None:
     if isinstance(policy, AdaptiveTest):
         choice("batch_size.engine", cfg.batch_size.engine, ENGINES)
         refuse_batch_norm(model, cfg)
+        if cfg.batch_size.engine == "ghost":
+            build_engine("ghost", model)  # names any layer it has no rule for
 
 
 def refuse_batch_norm(model: torch.nn.Module, cfg: DictConfig) -> None:

@@ -1,8 +1,8 @@
 """A small Vision Transformer for CIFAR-sized images.
 
 Every parameter lives in a module Opacus knows (Conv2d, Linear, LayerNorm) or
-in ``TokenEmbedding``, whose per-example gradient rule is registered by
-``register_opacus_samplers``. Attention is written with plain ``nn.Linear``
+in ``TokenEmbedding``, which states its own per-example gradients (registered with Opacus by
+``register_opacus_samplers``). Attention is written with plain ``nn.Linear``
 layers rather than ``nn.MultiheadAttention`` so that stock Opacus samplers and
 ``torch.func`` both apply.
 """
@@ -43,20 +43,37 @@ class TokenEmbedding(nn.Module):
         cls = self.cls_token.expand(tokens.shape[0], -1, -1)
         return torch.cat([cls, tokens], dim=1) + self.pos_embedding
 
+    def per_example_gradients(self, tokens: torch.Tensor, output_grad: torch.Tensor) -> dict[nn.Parameter, torch.Tensor]:
+        """The output is cat([cls, tokens]) + pos, so each example's gradient for pos is its whole output
+        gradient and for cls its output gradient at position 0 (used by Opacus and the ghost engine)."""
+        n = output_grad.shape[0]
+        return {
+            self.cls_token: output_grad[:, 0].reshape(n, *self.cls_token.shape),
+            self.pos_embedding: output_grad.reshape(n, *self.pos_embedding.shape),
+        }
+
 
 class SelfAttention(nn.Module):
+    """Multi-head self-attention with no key bias: softmax ignores a shift shared by a query's scores,
+    so a key bias has an identically zero gradient. Kept, its coordinates would hold only roundoff,
+    which the coordinate-wise test reads as variance with a zero mean (a proposal at the cap)."""
+
     def __init__(self, dim: int, heads: int, dropout: float):
         super().__init__()
         self.heads = heads
         self.scale = (dim // heads) ** -0.5
-        self.qkv = nn.Linear(dim, 3 * dim)
+        self.query = nn.Linear(dim, dim)
+        self.key = nn.Linear(dim, dim, bias=False)
+        self.value = nn.Linear(dim, dim)
         self.proj = nn.Linear(dim, dim)
         self.dropout = _dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, tokens, dim = x.shape
-        qkv = self.qkv(x).reshape(n, tokens, 3, self.heads, dim // self.heads)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (n, heads, tokens, head_dim)
+        q, k, v = (
+            layer(x).reshape(n, tokens, self.heads, dim // self.heads).transpose(1, 2)  # (n, heads, tokens, head_dim)
+            for layer in (self.query, self.key, self.value)
+        )
         weights = torch.softmax((q @ k.transpose(-2, -1)) * self.scale, dim=-1)
         out = (weights @ v).transpose(1, 2).reshape(n, tokens, dim)
         return self.dropout(self.proj(out))
@@ -152,12 +169,5 @@ def register_opacus_samplers() -> None:
 def _token_embedding_grad_sample(
     module: TokenEmbedding, activations: list[torch.Tensor], backprops: torch.Tensor
 ) -> dict[nn.Parameter, torch.Tensor]:
-    # The output is cat([cls, tokens]) + pos, so each example's gradient for pos is its
-    # whole output gradient and for cls the output gradient at position 0.
-    n = backprops.shape[0]
-    grads = {}
-    if module.cls_token.requires_grad:
-        grads[module.cls_token] = backprops[:, 0].reshape(n, *module.cls_token.shape)
-    if module.pos_embedding.requires_grad:
-        grads[module.pos_embedding] = backprops.reshape(n, *module.pos_embedding.shape)
-    return grads
+    grads = module.per_example_gradients(activations[0], backprops)
+    return {p: g for p, g in grads.items() if p.requires_grad}

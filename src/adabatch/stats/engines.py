@@ -1,26 +1,45 @@
-"""Per-example gradient engines: the gradient of each example's loss, for every trainable parameter.
-
-Two backends behind one interface: Opacus (hooks that capture activations and output gradients)
-and torch.func (vmap of grad over examples, the authors' approach).
+"""Statistics engines. Two form every example's gradient, for every trainable parameter: Opacus
+(hooks that capture activations and output gradients) and torch.func (vmap of grad over examples, the
+authors' approach). The ghost engine (ghost.py) forms none where an identity is cheaper.
 """
 from __future__ import annotations
 
 import contextlib
 import warnings
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 
 import torch
 from torch import nn
 
 from ..losses import summed_cross_entropy
+from .base import StatisticsEngine
+from .ghost import GhostEngine
 
-ENGINES = ("opacus", "functorch")
+ENGINES = ("ghost", "opacus", "functorch")
 
 
-class PerExampleEngine(ABC):
+class PerExampleEngine(StatisticsEngine):
+    """An engine that forms per-example gradients, reduces them to the sums and drops them."""
+
     def __init__(self, model: nn.Module) -> None:
-        self.model = model
-        self.params = [p for p in model.parameters() if p.requires_grad]
+        super().__init__(model)
+        self._kept: list[torch.Tensor] | None = None
+
+    def can_keep(self, world_size):
+        return True  # the kept gradients are this rank's own examples: any ḡ can be applied later
+
+    def first_phase(self, x, y, sums, autocast, keep):
+        loss, per_example = self.per_example_gradients(x, y, autocast)
+        sums.add_examples(per_example)
+        self._kept = per_example if keep else None
+        return loss
+
+    def kept_inner_products(self, sums, mean_grad):
+        kept, self._kept = self._kept, None
+        sums.add_inner_products(kept, mean_grad)
+
+    def inner_products(self, x, y, sums, mean_grad, autocast):
+        sums.add_inner_products(self.per_example_gradients(x, y, autocast)[1], mean_grad)
 
     @abstractmethod
     def per_example_gradients(
@@ -103,8 +122,8 @@ class FunctorchEngine(PerExampleEngine):
         return losses.sum().detach(), [grads[name] for name in self.names]
 
 
-def build_engine(name: str, model: nn.Module) -> PerExampleEngine:
-    engines = {"opacus": OpacusEngine, "functorch": FunctorchEngine}
+def build_engine(name: str, model: nn.Module) -> StatisticsEngine:
+    engines = {"ghost": GhostEngine, "opacus": OpacusEngine, "functorch": FunctorchEngine}
     if name not in engines:
         raise ValueError(f"batch_size.engine={name!r} is unknown; choose one of {', '.join(ENGINES)}")
     return engines[name](model)

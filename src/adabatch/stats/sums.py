@@ -54,9 +54,13 @@ class GradientSums:
         return [g / self.count for g in self.grad]
 
     def add_inner_products(self, per_example: list[torch.Tensor], mean_grad: list[torch.Tensor]) -> None:
-        """Second phase: add <g_i^t, gbar^t> terms of a micro-batch, given the whole batch's gbar."""
-        per_tensor = torch.stack(
-            [g.flatten(1).double() @ m.flatten() for g, m in zip(per_example, mean_grad)], dim=1
-        )  # (n, T): <g_i^t, gbar^t>
+        """Second phase: add the <g_i^t, gbar^t> terms of a micro-batch's per-example gradients, given
+        the whole batch's gbar."""
+        self.add_inner_product_terms(
+            torch.stack([g.flatten(1).double() @ m.flatten() for g, m in zip(per_example, mean_grad)], dim=1)
+        )
+
+    def add_inner_product_terms(self, per_tensor: torch.Tensor) -> None:
+        """Second phase, from (n, T) float64: <g_i^t, gbar^t> for each example i and parameter tensor t."""
         self.ip_sq += per_tensor.pow(2).sum(0)
         self.global_ip_sq += per_tensor.sum(1).pow(2).sum()

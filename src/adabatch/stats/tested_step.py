@@ -1,10 +1,9 @@
 """A tested step: the batch gradient through per-example gradients, and the batch's test statistics.
 
-Memory stays bounded by the micro-batch: each micro-batch's per-example gradients are reduced to the
-additive sums and dropped. The inner-product sums need the final batch gradient, so when the batch is
-split into several micro-batches they take a second pass that recomputes each micro-batch's
-per-example gradients (about one more tested forward/backward over the batch); an unsplit batch
-reuses the gradients it already has.
+Memory stays bounded by the micro-batch: each micro-batch is reduced to the additive sums. The
+inner-product sums need the final batch gradient, so when the batch is split (into micro-batches, or
+across ranks for the ghost engine) they take a second pass over each micro-batch; an unsplit batch
+keeps what it needs from the first.
 
 Across data-parallel ranks the additive sums are all-reduced before the batch gradient is formed,
 and the inner-product sums after the second phase: the statistics are those of the global batch.
@@ -17,13 +16,13 @@ import torch
 
 from ..data import Batch, TrainingData
 from ..distributed import SINGLE_PROCESS, World
-from .engines import PerExampleEngine
+from .base import StatisticsEngine
 from .statistics import BatchStatistics, batch_statistics
 from .sums import GradientSums, Needs
 
 
 def gradient_with_statistics(
-    engine: PerExampleEngine,
+    engine: StatisticsEngine,
     data: TrainingData,
     batch: Batch,
     max_micro: int,
@@ -36,21 +35,19 @@ def gradient_with_statistics(
     of the whole batch, identical on every rank)."""
     parts = batch.local_micro_batches(world.rank, world.size, max_micro)
     sums = GradientSums(engine.params, needs)
+    keep = needs.inner_products and len(parts) == 1 and engine.can_keep(world.size)
     loss_sum: torch.Tensor | float = 0.0
-    kept = None
     for part in parts:
-        x, y = data.examples(part)
-        loss, per_example = engine.per_example_gradients(x, y, autocast)
-        sums.add_examples(per_example)
-        loss_sum = loss_sum + loss
-        kept = per_example if len(parts) == 1 else None
+        loss_sum = loss_sum + engine.first_phase(*data.examples(part), sums, autocast, keep)
     world.sum_(sums.first_phase())
     sums.count = len(batch)  # every rank's examples are in the sums now
     mean_grad = sums.mean_gradient()
     if needs.inner_products:
-        for part in parts:
-            per_example = kept if kept is not None else engine.per_example_gradients(*data.examples(part), autocast)[1]
-            sums.add_inner_products(per_example, mean_grad)
+        if keep:
+            engine.kept_inner_products(sums, mean_grad)
+        else:
+            for part in parts:
+                engine.inner_products(*data.examples(part), sums, mean_grad, autocast)
         world.sum_(sums.second_phase())
     for p, g in zip(engine.params, mean_grad):
         p.grad = g.to(p.dtype)

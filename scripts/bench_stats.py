@@ -1,0 +1,263 @@
+"""What a tested step costs next to a plain training step, for each statistics engine and test.
+
+    .venv/bin/python scripts/bench_stats.py              # the full table: results/bench/<device>.md, .csv
+    .venv/bin/python scripts/bench_stats.py --models vit --sizes 128 --engines ghost --out /tmp/bench
+
+A plain step is the forward and backward of a batch (`accumulate_gradient`); a tested step is the
+same batch through `gradient_with_statistics` with an engine and a test's needs. Everything runs in
+this one process: after a warm-up, the configurations take turns for `--repeats` rounds, so that drift
+of the machine hits them alike, and the table gives each one's median time over the plain step's.
+Peak memory is measured in a separate call of each: what the step adds above the memory resident
+before it (on the CPU, the peak resident set size after returning freed memory to the system; on
+CUDA, the allocator's peak), over the plain step's. The models are the configs' own (model=<name>,
+dataset=cifar10) on random CIFAR-sized images.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import csv
+import ctypes
+import gc
+import os
+import platform
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "src"))
+
+from adabatch.batch_size import POLICY_CLASSES  # noqa: E402
+from adabatch.data import ArrayDataset, TrainingData, build_augmentation  # noqa: E402
+from adabatch.data.sources import DATASET_SHAPES  # noqa: E402
+from adabatch.device import autocast as make_autocast  # noqa: E402
+from adabatch.models import build_model  # noqa: E402
+from adabatch.stats import ENGINES, build_engine, gradient_with_statistics  # noqa: E402
+from adabatch.step import accumulate_gradient  # noqa: E402
+from adabatch.validation import MODEL_KEYS_NOT_OPTIONS  # noqa: E402
+
+TESTS = ("norm", "inner_product", "augmented_inner_product", "coordinate_norm")
+MODELS = ("cnn", "resnet18", "vit")
+REPORTED_SIZE = 128  # the worst-overhead lines compare the models at this batch size
+PER_EXAMPLE_ENGINES = ("opacus", "functorch")
+
+
+@dataclass
+class Result:
+    model: str
+    batch_size: int
+    engine: str  # "plain" for the plain step
+    test: str    # "" for the plain step
+    seconds: float | None = None
+    peak_bytes: int | None = None
+    skipped: str = ""
+
+
+def main() -> None:
+    args = parse_args()
+    devices = [args.device]
+    if args.device == "auto":
+        devices = ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]
+    for device in devices:
+        results = bench_device(torch.device(device), args)
+        write_tables(results, device, args)
+        for line in worst_overheads(results, args):
+            print(line)
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    parser.add_argument("--sizes", nargs="+", type=int, default=[32, 128, 512])
+    parser.add_argument("--engines", nargs="+", default=list(ENGINES), choices=ENGINES)
+    parser.add_argument("--tests", nargs="+", default=list(TESTS), choices=TESTS)
+    parser.add_argument("--repeats", type=int, default=5, help="timed rounds after one warm-up round")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"), help="bf16: autocast, CUDA only")
+    parser.add_argument("--memory-fraction", type=float, default=0.5,
+                        help="skip a per-example engine whose gradients would need more than this share of free memory")
+    parser.add_argument("--out", type=Path, default=ROOT / "results" / "bench")
+    return parser.parse_args()
+
+
+def bench_device(device: torch.device, args) -> list[Result]:
+    results = []
+    for model_name in args.models:
+        model = build_config_model(model_name).to(device)
+        data = random_cifar(max(args.sizes), device)
+        engines = {name: build_engine(name, copy.deepcopy(model)) for name in args.engines}
+        autocast = make_autocast(device, args.precision)
+        n_params = sum(p.numel() for p in model.parameters())
+        for size in args.sizes:
+            batch = data.draw(size)
+            steps = {("plain", ""): lambda: accumulate_gradient(model, data, batch, size, autocast)}
+            skipped = {}
+            for name, engine in engines.items():
+                for test in args.tests:
+                    needs = POLICY_CLASSES[test].needs
+                    steps[(name, test)] = (lambda e=engine, n=needs: gradient_with_statistics(e, data, batch, size, n, "global", autocast))
+                    need = size * n_params * 4 * 2  # per-example gradients (float32), and a transient of their size
+                    if name in PER_EXAMPLE_ENGINES and need > args.memory_fraction * free_memory(device):
+                        skipped[(name, test)] = f"needs ~{need / 2**30:.0f} GiB of per-example gradients"
+            for key in skipped:
+                del steps[key]
+            print(f"{device.type} {model_name} b={size}: {len(steps)} configurations", file=sys.stderr, flush=True)
+            times = {key: [] for key in steps}
+            peaks = {key: peak_memory(step, model, engines, device) for key, step in steps.items()}  # also the warm-up
+            for _ in range(args.repeats):
+                for key, step in steps.items():
+                    times[key].append(timed(step, model, engines, device))
+            for key in steps:
+                results.append(Result(model_name, size, *key, statistics.median(times[key]), peaks[key]))
+            for key, why in skipped.items():
+                results.append(Result(model_name, size, *key, skipped=why))
+        del engines, model
+        gc.collect()
+    return results
+
+
+def build_config_model(name: str) -> torch.nn.Module:
+    with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
+        cfg = compose("train", overrides=[f"model={name}", "dataset=cifar10"])
+    options = {k: v for k, v in OmegaConf.to_container(cfg.model).items() if k not in MODEL_KEYS_NOT_OPTIONS}
+    shape, classes = DATASET_SHAPES["cifar10"]
+    torch.manual_seed(0)
+    return build_model(name, shape, classes, norm=cfg.model.norm, **options)
+
+
+def random_cifar(n: int, device: torch.device) -> TrainingData:
+    (shape, classes), g = DATASET_SHAPES["cifar10"], torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (n, *shape), generator=g, dtype=torch.uint8)
+    labels = torch.randint(0, classes, (n,), generator=g)
+    dataset = ArrayDataset("random", images, labels, images[:1], labels[:1], classes, 255.0, (0.5,) * 3, (0.25,) * 3)
+    return TrainingData(dataset, build_augmentation("none"), seed=0, device=device)
+
+
+def clear_gradients(model, engines) -> None:
+    for m in (model, *(e.model for e in engines.values())):
+        m.zero_grad(set_to_none=True)
+
+
+def timed(step, model, engines, device) -> float:
+    clear_gradients(model, engines)
+    synchronize(device)
+    start = time.perf_counter()
+    step()
+    synchronize(device)
+    return time.perf_counter() - start
+
+
+def peak_memory(step, model, engines, device) -> int:
+    clear_gradients(model, engines)
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        step()
+        torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_allocated(device) - before
+    LIBC.malloc_trim(0)  # return freed memory, so that reusing it counts again
+    before = proc_status_kib("VmRSS")
+    Path("/proc/self/clear_refs").write_text("5")  # restart the peak resident set size (VmHWM) from now
+    step()
+    return (proc_status_kib("VmHWM") - before) * 1024
+
+
+LIBC = ctypes.CDLL("libc.so.6") if sys.platform == "linux" else None
+
+
+def proc_status_kib(field: str) -> int:
+    return proc_kib("/proc/self/status", field)
+
+
+def proc_kib(path: str, field: str) -> int:
+    for line in Path(path).read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"{path} has no {field}")
+
+
+def free_memory(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    return proc_kib("/proc/meminfo", "MemAvailable") * 1024
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def ratios(results: list[Result]) -> list[dict]:
+    plain = {(r.model, r.batch_size): r for r in results if r.engine == "plain"}
+    rows = []
+    for r in results:
+        base = plain[(r.model, r.batch_size)]
+        measured = r.seconds is not None
+        rows.append({
+            "model": r.model, "batch_size": r.batch_size, "engine": r.engine, "test": r.test,
+            "time_ms": f"{r.seconds * 1e3:.1f}" if measured else "",
+            "time_ratio": f"{r.seconds / base.seconds:.2f}" if measured else "",
+            "peak_mib": f"{r.peak_bytes / 2**20:.0f}" if measured else "",
+            "memory_ratio": f"{r.peak_bytes / base.peak_bytes:.2f}" if measured and base.peak_bytes > 0 else "",
+            "skipped": r.skipped,
+        })
+    return rows
+
+
+def worst_overheads(results: list[Result], args) -> list[str]:
+    lines = []
+    at_size = [r for r in results if r.batch_size == REPORTED_SIZE and r.seconds is not None]
+    plain = {r.model: r.seconds for r in at_size if r.engine == "plain"}
+    for test in args.tests:
+        for engine in args.engines:
+            found = [(r.seconds / plain[r.model], r.model) for r in at_size if (r.engine, r.test) == (engine, test)]
+            if found:
+                ratio, model = max(found)
+                lines.append(f"worst overhead {engine} {test}: {ratio:.2f}x ({model}, b={REPORTED_SIZE})")
+    return lines
+
+
+def write_tables(results: list[Result], device: str, args) -> None:
+    args.out.mkdir(parents=True, exist_ok=True)
+    rows = ratios(results)
+    with open(args.out / f"{device}.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    header = ["model", "b", "engine", "test", "time (ms)", "x plain", "peak (MiB)", "x plain memory", "skipped"]
+    lines = [
+        f"# Tested step against a plain step ({device})",
+        "",
+        f"Written by `{' '.join(['scripts/bench_stats.py', *sys.argv[1:]])}` on {machine(device)}, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads, precision {args.precision}; median of {args.repeats} rounds. Peak memory: "
+        "above what was resident before the step.",
+        "",
+        *worst_overheads(results, args),
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+    ]
+    lines += ["| " + " | ".join(str(v) for v in row.values()) + " |" for row in rows]
+    (args.out / f"{device}.md").write_text("\n".join(lines) + "\n")
+
+
+def machine(device: str) -> str:
+    if device == "cuda":
+        return torch.cuda.get_device_name()
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return f"{line.split(':', 1)[1].strip()} ({os.cpu_count()} cores)"
+    return platform.processor() or "unknown CPU"
+
+
+if __name__ == "__main__":
+    main()

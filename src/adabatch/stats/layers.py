@@ -1,0 +1,306 @@
+"""Per-layer rules of the ghost engine: a module's batch gradient and per-example statistics from its
+input `a` and the gradient `delta` of the summed loss with respect to its output (delta_i is example
+i's own output gradient), without forming per-example gradients wherever an identity is cheaper
+(paper-notes §2). Autograd computes no parameter gradient in a ghost pass: the rules do.
+
+- A dense map y_t = W a_t + b at T positions of an example (Linear over tokens; Conv2d over output
+  pixels, a_t being the unfolded patch) has g_i = sum_t delta_it a_itᵀ (d_out x d_in), so
+  ||g_i||² = <A_i A_iᵀ, D_i D_iᵀ> (the Gram form, T² (d_in + d_out) per example) or, where forming g_i
+  costs less (T d_in d_out, and it replaces the batch gradient's own computation), from g_i itself;
+  with T = 1 it is ||delta_i||² ||a_i||², and sum_i g_i⊙g_i = (delta⊙delta)ᵀ(a⊙a). Inner products
+  with a direction G: <g_i, G> = sum_t <delta_it, G a_it>, the layer applied to a_i with weight G,
+  dotted with delta_i (or <g_i, G> directly where g_i was formed).
+- Normalization layers, biases and embeddings have per-example gradients no larger than the
+  activations: they are formed. A custom module gets the same treatment by defining
+  `per_example_gradients(a, delta) -> {parameter: (n, *parameter.shape)}`.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+InnerProducts = Callable[[list[torch.Tensor]], list[torch.Tensor]]
+# Form a dense layer's per-example gradients when they are at most this many times the size of its
+# (unfolded) inputs and output gradients; else use the Gram form. A batched matmul forming g_i runs
+# well below a plain matmul's speed on the CPU, and when inner products are needed the Gram form must
+# also apply the layer once more: measured with scripts/bench_stats.py.
+FORM_RATIO = {False: 1.6, True: 2.5}  # keyed by whether inner products are needed in the same pass
+MIN_CHUNK_ELEMENTS = 1 << 22
+FORM_CHUNK_ELEMENTS = 1 << 21  # patches + per-example gradients of a chunk: small enough to stay in cache
+# Per-example conv gradients as one grouped convolution (else unfolded patches and a batched matmul)
+# for at most this many input channels and at least this many output positions (CPU timings).
+GROUPED_CONV_MAX_CHANNELS = 64
+GROUPED_CONV_MIN_POSITIONS = 256
+
+
+@dataclass
+class LayerSums:
+    """Per trainable parameter of a module: sum_i g_i, sum_i ||g_i||², sum_i g_i⊙g_i when asked for,
+    and, when asked to keep, `inner_products`: <g_i, G> for every example given one G per parameter."""
+
+    grad: list[torch.Tensor]
+    sq_norm: list[torch.Tensor]
+    coord_sq: list[torch.Tensor] | None = None
+    inner_products: InnerProducts | None = None
+
+
+class LayerRule(ABC):
+    def __init__(self, module: nn.Module) -> None:
+        self.module = module
+        self.params = [p for p in module.parameters(recurse=False) if p.requires_grad]
+
+    @abstractmethod
+    def first_phase(self, a: torch.Tensor, delta: torch.Tensor, coordinates: bool, keep: bool) -> LayerSums: ...
+
+    @abstractmethod
+    def inner_products(self, a: torch.Tensor, delta: torch.Tensor, directions: list[torch.Tensor]) -> list[torch.Tensor]:
+        """(n,) per parameter: <g_i, G> with G the parameter's entry of `directions`."""
+
+
+def formed_sums(grads: list[torch.Tensor], coordinates: bool, keep: bool) -> LayerSums:
+    """The sums from per-example gradients [(n, *p.shape) per parameter]."""
+    squares = [g.square() for g in grads]
+    return LayerSums(
+        grad=[g.sum(0) for g in grads],
+        sq_norm=[s.sum() for s in squares],
+        coord_sq=[s.sum(0) for s in squares] if coordinates else None,
+        inner_products=(lambda directions: dot_each(grads, directions)) if keep else None,
+    )
+
+
+def combine(parts: list[LayerSums]) -> LayerSums:
+    """One module's sums from those of its parameters (one parameter each)."""
+    keep = parts[0].inner_products is not None
+    return LayerSums(
+        grad=[g for part in parts for g in part.grad],
+        sq_norm=[s for part in parts for s in part.sq_norm],
+        coord_sq=None if parts[0].coord_sq is None else [c for part in parts for c in part.coord_sq],
+        inner_products=(lambda directions: [part.inner_products([d])[0] for part, d in zip(parts, directions)])
+        if keep else None,
+    )
+
+
+def dot_each(grads: list[torch.Tensor], directions: list[torch.Tensor]) -> list[torch.Tensor]:
+    return [g.flatten(1) @ d.flatten() for g, d in zip(grads, directions)]
+
+
+class FormedRule(LayerRule):
+    """Modules whose per-example gradients are no larger than their activations: form them."""
+
+    def first_phase(self, a, delta, coordinates, keep):
+        return formed_sums(self.per_example(a, delta), coordinates, keep)
+
+    def inner_products(self, a, delta, directions):
+        return dot_each(self.per_example(a, delta), directions)
+
+    @abstractmethod
+    def per_example(self, a: torch.Tensor, delta: torch.Tensor) -> list[torch.Tensor]: ...
+
+
+class GroupNormRule(FormedRule):
+    def per_example(self, a, delta):
+        m = self.module
+        n, channels = a.shape[:2]
+        normalized = F.group_norm(a, m.num_groups, eps=m.eps)
+        grads = {m.weight: (delta * normalized).reshape(n, channels, -1).sum(2), m.bias: delta.reshape(n, channels, -1).sum(2)}
+        return [grads[p] for p in self.params]
+
+
+class LayerNormRule(FormedRule):
+    def per_example(self, a, delta):
+        m = self.module
+        shape = m.normalized_shape
+        normalized = F.layer_norm(a, shape, eps=m.eps)
+        per_example = lambda t: t.reshape(a.shape[0], -1, *shape).sum(1)  # noqa: E731  (over tokens)
+        grads = {m.weight: per_example(delta * normalized)}
+        if m.bias is not None:
+            grads[m.bias] = per_example(delta)
+        return [grads[p] for p in self.params]
+
+
+class OwnRule(FormedRule):
+    """A module that states its own per-example gradients (`per_example_gradients(a, delta)`)."""
+
+    def per_example(self, a, delta):
+        grads = self.module.per_example_gradients(a, delta)
+        return [grads[p] for p in self.params]
+
+
+class DenseRule(LayerRule):
+    """y_t = W a_t + b at T positions of each example (see the module docstring)."""
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__(module)
+        self.trained = {"weight": module.weight.requires_grad,
+                        "bias": module.bias is not None and module.bias.requires_grad}
+
+    @abstractmethod
+    def patches(self, a: torch.Tensor) -> torch.Tensor:
+        """(c, T, d_in): the inputs a_t of the c examples in `a`."""
+
+    @abstractmethod
+    def output_rows(self, delta: torch.Tensor) -> torch.Tensor:
+        """(n, T, d_out): delta_t of every example."""
+
+    @abstractmethod
+    def apply(self, a: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """The layer's linear map with `weight` and no bias, shaped like its output."""
+
+    @abstractmethod
+    def weight_gradient(self, a: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+        """sum_i g_i of the weight, as autograd would compute it."""
+
+    def form(self, a: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+        """(c, d_out, d_in): the weight's per-example gradients of the c examples in (a, delta)."""
+        return self.output_rows(delta).transpose(1, 2) @ self.patches(a)
+
+    def patch_elements(self, a: torch.Tensor) -> int:
+        """Elements of one example's patches when they must be built (0 when they are a view)."""
+        return 0
+
+    def first_phase(self, a, delta, coordinates, keep):
+        m = self.module
+        rows = self.output_rows(delta)
+        found = {}
+        if self.trained["bias"]:
+            found[m.bias] = formed_sums([rows.sum(1)], coordinates, keep)
+        if self.trained["weight"]:
+            found[m.weight] = self._weight_first_phase(a, delta, rows, coordinates, keep)
+        return combine([found[p] for p in self.params])
+
+    def _weight_first_phase(self, a, delta, rows, coordinates, keep) -> LayerSums:
+        weight = self.module.weight
+        n, positions, d_out = rows.shape
+        d_in = weight[0].numel()
+        apply_and_dot = (lambda directions: [self._apply_and_dot(a, delta, directions[0])]) if keep else None
+
+        if positions == 1:  # ||g_i||² = ||delta_i||² ||a_i||², sum_i g_i⊙g_i = (delta⊙delta)ᵀ(a⊙a)
+            inputs, outputs = self.patches(a)[:, 0], rows[:, 0]
+            grad = (outputs.T @ inputs).view_as(weight)
+            sq_norm = (inputs.square().sum(1) * outputs.square().sum(1)).sum()
+            coord_sq = [(outputs.square().T @ inputs.square()).view_as(weight)] if coordinates else None
+            return LayerSums([grad], [sq_norm], coord_sq, apply_and_dot)
+
+        forming_is_cheaper = d_in * d_out <= FORM_RATIO[keep] * positions * (d_in + d_out)
+        if not (coordinates or forming_is_cheaper):  # the Gram form, a chunk of examples at a time
+            sq_norm = torch.zeros((), dtype=rows.dtype, device=rows.device)
+            budget = max(a.numel() + delta.numel(), MIN_CHUNK_ELEMENTS)
+            for chunk in chunks(n, budget // (self.patch_elements(a) + 2 * positions**2)):
+                inputs, outputs = self.patches(a[chunk]), rows[chunk]
+                sq_norm += ((inputs @ inputs.transpose(1, 2)) * (outputs @ outputs.transpose(1, 2))).sum()
+            return LayerSums([self.weight_gradient(a, delta)], [sq_norm], None, apply_and_dot)
+
+        keep_formed = keep and forming_is_cheaper  # kept for the inner products: no larger than the patches
+        grad = torch.zeros_like(weight)
+        coord_sq = torch.zeros_like(weight)
+        formed = []
+        for chunk in chunks(n, FORM_CHUNK_ELEMENTS // (self.patch_elements(a) + d_out * d_in)):
+            grads = self.form(a[chunk], delta[chunk])
+            grad += grads.sum(0).view_as(weight)
+            if keep_formed:
+                formed.append(grads)
+            squares = grads.square() if keep_formed else grads.square_()
+            coord_sq += squares.sum(0).view_as(weight)
+        inner_products = apply_and_dot
+        if keep_formed:
+            inner_products = lambda directions: [torch.cat([g.flatten(1) @ directions[0].flatten() for g in formed])]  # noqa: E731
+        return LayerSums([grad], [coord_sq.sum()], [coord_sq] if coordinates else None, inner_products)
+
+    def inner_products(self, a, delta, directions):
+        m = self.module
+        direction = dict(zip(self.params, directions))
+        found = {}
+        if self.trained["bias"]:
+            found[m.bias] = self.output_rows(delta).sum(1) @ direction[m.bias]
+        if self.trained["weight"]:
+            found[m.weight] = self._apply_and_dot(a, delta, direction[m.weight])
+        return [found[p] for p in self.params]
+
+    def _apply_and_dot(self, a: torch.Tensor, delta: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        return (self.apply(a, weight) * delta).flatten(1).sum(1)
+
+
+class LinearRule(DenseRule):
+    def patches(self, a):
+        return a.reshape(a.shape[0], -1, a.shape[-1])
+
+    def output_rows(self, delta):
+        return delta.reshape(delta.shape[0], -1, delta.shape[-1])
+
+    def apply(self, a, weight):
+        return F.linear(a, weight)
+
+    def weight_gradient(self, a, delta):
+        return delta.reshape(-1, delta.shape[-1]).T @ a.reshape(-1, a.shape[-1])
+
+
+class Conv2dRule(DenseRule):
+    def __init__(self, module: nn.Conv2d) -> None:
+        super().__init__(module)
+        if module.groups != 1 or module.padding_mode != "zeros" or isinstance(module.padding, str):
+            raise UnsupportedLayer(f"Conv2d with groups={module.groups}, padding={module.padding!r}, "
+                                   f"padding_mode={module.padding_mode!r} (supported: groups=1, numeric zero padding)")
+
+    def patches(self, a):
+        m = self.module
+        return F.unfold(a, m.kernel_size, m.dilation, m.padding, m.stride).transpose(1, 2)
+
+    def patch_elements(self, a):
+        return self.module.weight[0].numel() * self._positions(a)
+
+    def _positions(self, a) -> int:
+        m = self.module
+        sides = [(size + 2 * p - d * (k - 1) - 1) // s + 1
+                 for size, p, d, k, s in zip(a.shape[2:], m.padding, m.dilation, m.kernel_size, m.stride)]
+        return sides[0] * sides[1]
+
+    def output_rows(self, delta):
+        return delta.flatten(2).transpose(1, 2)
+
+    def apply(self, a, weight):
+        m = self.module
+        return F.conv2d(a, weight, None, m.stride, m.padding, m.dilation)
+
+    def weight_gradient(self, a, delta):
+        return self._weight_backward(a, delta, self.module.weight.shape, groups=1)
+
+    def form(self, a, delta):
+        n, channels = a.shape[:2]
+        if channels > GROUPED_CONV_MAX_CHANNELS or delta[0, 0].numel() < GROUPED_CONV_MIN_POSITIONS:
+            return super().form(a, delta)
+        # Each example as one group of a single grouped convolution: its weight gradient is g_i.
+        shape = (n * self.module.out_channels, *self.module.weight.shape[1:])
+        grads = self._weight_backward(a.reshape(1, n * channels, *a.shape[2:]),
+                                      delta.reshape(1, -1, *delta.shape[2:]), shape, groups=n)
+        return grads.view(n, self.module.out_channels, -1)
+
+    def _weight_backward(self, a, delta, weight_shape, groups: int) -> torch.Tensor:
+        m = self.module
+        weight = a.new_empty(1).expand(weight_shape)  # only its shape is read
+        return torch.ops.aten.convolution_backward(
+            delta, a, weight, None, m.stride, m.padding, m.dilation, False, [0, 0], groups, [False, True, False]
+        )[1]
+
+
+class UnsupportedLayer(ValueError):
+    pass
+
+
+def chunks(n: int, size: int) -> list[slice]:
+    size = max(1, min(n, size))
+    return [slice(start, start + size) for start in range(0, n, size)]
+
+
+def rule_for(module: nn.Module) -> LayerRule:
+    if hasattr(module, "per_example_gradients"):
+        return OwnRule(module)
+    rules = {nn.Linear: LinearRule, nn.Conv2d: Conv2dRule, nn.GroupNorm: GroupNormRule, nn.LayerNorm: LayerNormRule}
+    if type(module) not in rules:
+        raise UnsupportedLayer(f"{type(module).__name__} has no ghost rule (rules exist for "
+                               f"{', '.join(r.__name__ for r in rules)} and modules with per_example_gradients)")
+    return rules[type(module)](module)
