@@ -99,15 +99,14 @@ def bench_device(device: torch.device, args) -> list[Result]:
             batch = data.draw(size)
             steps = {("plain", ""): lambda: accumulate_gradient(model, data, batch, size, autocast)}
             skipped = {}
+            per_example_bytes = size * n_params * 4 * 2  # per-example gradients (float32), and a transient of their size
             for name, engine in engines.items():
                 for test in args.tests:
+                    if name in PER_EXAMPLE_ENGINES and per_example_bytes > args.memory_fraction * free_memory(device):
+                        skipped[(name, test)] = f"needs ~{per_example_bytes / 2**30:.0f} GiB of per-example gradients"
+                        continue
                     needs = POLICY_CLASSES[test].needs
                     steps[(name, test)] = (lambda e=engine, n=needs: gradient_with_statistics(e, data, batch, size, n, "global", autocast))
-                    need = size * n_params * 4 * 2  # per-example gradients (float32), and a transient of their size
-                    if name in PER_EXAMPLE_ENGINES and need > args.memory_fraction * free_memory(device):
-                        skipped[(name, test)] = f"needs ~{need / 2**30:.0f} GiB of per-example gradients"
-            for key in skipped:
-                del steps[key]
             print(f"{device.type} {model_name} b={size}: {len(steps)} configurations", file=sys.stderr, flush=True)
             times = {key: [] for key in steps}
             peaks = {key: peak_memory(step, model, engines, device) for key, step in steps.items()}  # also the warm-up

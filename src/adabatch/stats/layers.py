@@ -159,9 +159,7 @@ class DenseRule(LayerRule):
         """(c, d_out, d_in): the weight's per-example gradients of the c examples in (a, delta)."""
         return self.output_rows(delta).transpose(1, 2) @ self.patches(a)
 
-    def patch_elements(self, a: torch.Tensor) -> int:
-        """Elements of one example's patches when they must be built (0 when they are a view)."""
-        return 0
+    builds_patches = False  # whether `patches` builds new memory (unfolding) rather than a view
 
     def first_phase(self, a, delta, coordinates, keep):
         m = self.module
@@ -186,11 +184,12 @@ class DenseRule(LayerRule):
             coord_sq = [(outputs.square().T @ inputs.square()).view_as(weight)] if coordinates else None
             return LayerSums([grad], [sq_norm], coord_sq, apply_and_dot)
 
+        patch_elements = positions * d_in if self.builds_patches else 0  # per example
         forming_is_cheaper = d_in * d_out <= FORM_RATIO[keep] * positions * (d_in + d_out)
         if not (coordinates or forming_is_cheaper):  # the Gram form, a chunk of examples at a time
             sq_norm = torch.zeros((), dtype=rows.dtype, device=rows.device)
             budget = max(a.numel() + delta.numel(), MIN_CHUNK_ELEMENTS)
-            for chunk in chunks(n, budget // (self.patch_elements(a) + 2 * positions**2)):
+            for chunk in chunks(n, budget // (patch_elements + 2 * positions**2)):
                 inputs, outputs = self.patches(a[chunk]), rows[chunk]
                 sq_norm += ((inputs @ inputs.transpose(1, 2)) * (outputs @ outputs.transpose(1, 2))).sum()
             return LayerSums([self.weight_gradient(a, delta)], [sq_norm], None, apply_and_dot)
@@ -199,7 +198,7 @@ class DenseRule(LayerRule):
         grad = torch.zeros_like(weight)
         coord_sq = torch.zeros_like(weight)
         formed = []
-        for chunk in chunks(n, FORM_CHUNK_ELEMENTS // (self.patch_elements(a) + d_out * d_in)):
+        for chunk in chunks(n, FORM_CHUNK_ELEMENTS // (patch_elements + d_out * d_in)):
             grads = self.form(a[chunk], delta[chunk])
             grad += grads.sum(0).view_as(weight)
             if keep_formed:
@@ -240,6 +239,8 @@ class LinearRule(DenseRule):
 
 
 class Conv2dRule(DenseRule):
+    builds_patches = True
+
     def __init__(self, module: nn.Conv2d) -> None:
         super().__init__(module)
         if module.groups != 1 or module.padding_mode != "zeros" or isinstance(module.padding, str):
@@ -249,15 +250,6 @@ class Conv2dRule(DenseRule):
     def patches(self, a):
         m = self.module
         return F.unfold(a, m.kernel_size, m.dilation, m.padding, m.stride).transpose(1, 2)
-
-    def patch_elements(self, a):
-        return self.module.weight[0].numel() * self._positions(a)
-
-    def _positions(self, a) -> int:
-        m = self.module
-        sides = [(size + 2 * p - d * (k - 1) - 1) // s + 1
-                 for size, p, d, k, s in zip(a.shape[2:], m.padding, m.dilation, m.kernel_size, m.stride)]
-        return sides[0] * sides[1]
 
     def output_rows(self, delta):
         return delta.flatten(2).transpose(1, 2)
