@@ -5,8 +5,10 @@
 
 A plain step is the forward and backward of a batch (`accumulate_gradient`); a tested step is the
 same batch through `gradient_with_statistics` with an engine and a test's needs. Everything runs in
-this one process: after a warm-up, the configurations take turns for `--repeats` rounds, so that drift
-of the machine hits them alike, and the table gives each one's median time over the plain step's.
+this one process: after a warm-up, the configurations take turns for `--repeats` rounds, in a new
+random order each round, and a configuration's time ratio is the median over rounds of its time over
+the plain step's in the same round (shared machines drift by tens of percent within minutes; a round
+sees one state of the machine).
 Peak memory is measured in a separate call of each: what the step adds above the memory resident
 before it (on the CPU, the peak resident set size after returning freed memory to the system; on
 CUDA, the allocator's peak), over the plain step's. The models are the configs' own (model=<name>,
@@ -21,6 +23,7 @@ import ctypes
 import gc
 import os
 import platform
+import random
 import statistics
 import sys
 import time
@@ -55,7 +58,8 @@ class Result:
     batch_size: int
     engine: str  # "plain" for the plain step
     test: str    # "" for the plain step
-    seconds: float | None = None
+    seconds: float | None = None  # median
+    ratio: float | None = None    # median over rounds of seconds / the plain step's seconds
     peak_bytes: int | None = None
     skipped: str = ""
 
@@ -89,6 +93,7 @@ def parse_args() -> argparse.Namespace:
 
 def bench_device(device: torch.device, args) -> list[Result]:
     results = []
+    order = random.Random(0)
     for model_name in args.models:
         model = build_config_model(model_name).to(device)
         data = random_cifar(max(args.sizes), device)
@@ -111,10 +116,12 @@ def bench_device(device: torch.device, args) -> list[Result]:
             times = {key: [] for key in steps}
             peaks = {key: peak_memory(step, model, engines, device) for key, step in steps.items()}  # also the warm-up
             for _ in range(args.repeats):
-                for key, step in steps.items():
-                    times[key].append(timed(step, model, engines, device))
-            for key in steps:
-                results.append(Result(model_name, size, *key, statistics.median(times[key]), peaks[key]))
+                for key in order.sample(list(steps), len(steps)):
+                    times[key].append(timed(steps[key], model, engines, device))
+            plain = times[("plain", "")]
+            for key, seconds in times.items():
+                ratio = statistics.median(t / p for t, p in zip(seconds, plain))
+                results.append(Result(model_name, size, *key, statistics.median(seconds), ratio, peaks[key]))
             for key, why in skipped.items():
                 results.append(Result(model_name, size, *key, skipped=why))
         del engines, model
@@ -204,7 +211,7 @@ def ratios(results: list[Result]) -> list[dict]:
         rows.append({
             "model": r.model, "batch_size": r.batch_size, "engine": r.engine, "test": r.test,
             "time_ms": f"{r.seconds * 1e3:.1f}" if measured else "",
-            "time_ratio": f"{r.seconds / base.seconds:.2f}" if measured else "",
+            "time_ratio": f"{r.ratio:.2f}" if measured else "",
             "peak_mib": f"{r.peak_bytes / 2**20:.0f}" if measured else "",
             "memory_ratio": f"{r.peak_bytes / base.peak_bytes:.2f}" if measured and base.peak_bytes > 0 else "",
             "skipped": r.skipped,
@@ -215,10 +222,9 @@ def ratios(results: list[Result]) -> list[dict]:
 def worst_overheads(results: list[Result], args) -> list[str]:
     lines = []
     at_size = [r for r in results if r.batch_size == REPORTED_SIZE and r.seconds is not None]
-    plain = {r.model: r.seconds for r in at_size if r.engine == "plain"}
     for test in args.tests:
         for engine in args.engines:
-            found = [(r.seconds / plain[r.model], r.model) for r in at_size if (r.engine, r.test) == (engine, test)]
+            found = [(r.ratio, r.model) for r in at_size if (r.engine, r.test) == (engine, test)]
             if found:
                 ratio, model = max(found)
                 lines.append(f"worst overhead {engine} {test}: {ratio:.2f}x ({model}, b={REPORTED_SIZE})")
@@ -236,9 +242,10 @@ def write_tables(results: list[Result], device: str, args) -> None:
     lines = [
         f"# Tested step against a plain step ({device})",
         "",
-        f"Written by `{' '.join(['scripts/bench_stats.py', *sys.argv[1:]])}` on {machine(device)}, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads, precision {args.precision}; median of {args.repeats} rounds. Peak memory: "
-        "above what was resident before the step.",
+        f"Written by `{' '.join(['scripts/bench_stats.py', *sys.argv[1:]])}` on {machine(device)}, "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, precision {args.precision}; "
+        f"{args.repeats} rounds. Time: median; x plain: median over rounds of the ratio to the plain step "
+        "of the same round. Peak memory: above what was resident before the step.",
         "",
         *worst_overheads(results, args),
         "",

@@ -154,8 +154,8 @@ def test_engines_agree_in_float32_on_channels_last_activations():
 
 GHOST_BRANCHES = {  # how the ghost engine treats dense layers with several positions (layers.py)
     "gram": {"FORM_RATIO": {False: 0.0, True: 0.0}, "MIN_CHUNK_ELEMENTS": 1},
-    "formed_unfolded": {"FORM_RATIO": {False: 1e9, True: 1e9}, "GROUPED_CONV_MAX_CHANNELS": 0},
-    "formed_grouped": {"FORM_RATIO": {False: 1e9, True: 1e9}, "GROUPED_CONV_MAX_CHANNELS": 10**6,
+    "formed_from_patches": {"FORM_RATIO": {False: 1e9, True: 1e9}, "GROUPED_CONV_CHANNELS": range(0)},
+    "formed_grouped": {"FORM_RATIO": {False: 1e9, True: 1e9}, "GROUPED_CONV_CHANNELS": range(10**6),
                        "GROUPED_CONV_MIN_POSITIONS": 0},
     "formed_one_example_a_chunk": {"FORM_RATIO": {False: 1e9, True: 1e9}, "FORM_CHUNK_ELEMENTS": 1},
 }
@@ -186,6 +186,21 @@ def test_every_ghost_branch_matches_brute_force(model_key, branch, needs, splits
         torch.testing.assert_close(coord_var, ref["coord_var"], rtol=1e-8, atol=1e-14 * float(ref["coord_var"].abs().max()))
     torch.testing.assert_close(torch.cat([p.grad.flatten() for p in model.parameters()]), ref["gbar"], rtol=1e-10, atol=1e-14)
     assert all(p.requires_grad for p in model.parameters())  # a ghost pass turns them off only meanwhile
+
+
+@pytest.mark.parametrize("options", [
+    {"kernel_size": 3, "padding": 1},
+    {"kernel_size": (2, 3), "stride": (2, 1), "padding": (0, 2)},
+    {"kernel_size": 3, "stride": 2, "dilation": (2, 1), "padding": 1},
+    {"kernel_size": 1, "stride": 2},
+])
+def test_ghost_conv_patches_are_unfolds_patches(options):
+    from adabatch.stats.layers import Conv2dRule
+
+    conv = torch.nn.Conv2d(3, 4, **options)
+    a = torch.randn(2, 3, 9, 7, dtype=torch.float64)
+    unfolded = torch.nn.functional.unfold(a, conv.kernel_size, conv.dilation, conv.padding, conv.stride)
+    assert torch.equal(Conv2dRule(conv).patches(a), unfolded.transpose(1, 2))
 
 
 class Twice(torch.nn.Module):

@@ -31,10 +31,11 @@ InnerProducts = Callable[[list[torch.Tensor]], list[torch.Tensor]]
 # also apply the layer once more: measured with scripts/bench_stats.py.
 FORM_RATIO = {False: 1.6, True: 2.5}  # keyed by whether inner products are needed in the same pass
 MIN_CHUNK_ELEMENTS = 1 << 22
-FORM_CHUNK_ELEMENTS = 1 << 21  # patches + per-example gradients of a chunk: small enough to stay in cache
-# Per-example conv gradients as one grouped convolution (else unfolded patches and a batched matmul)
-# for at most this many input channels and at least this many output positions (CPU timings).
-GROUPED_CONV_MAX_CHANNELS = 64
+FORM_CHUNK_ELEMENTS = 1 << 22  # patches + per-example gradients of a chunk (16 MiB in float32): stays in cache
+# Per-example conv gradients as one grouped convolution (else patches and a batched matmul) for input
+# channels in this range and at least this many output positions (CPU timings: with fewer channels the
+# grouped convolution vectorizes poorly, with more the batched matmul wins).
+GROUPED_CONV_CHANNELS = range(8, 65)
 GROUPED_CONV_MIN_POSITIONS = 256
 
 
@@ -64,11 +65,11 @@ class LayerRule(ABC):
 
 def formed_sums(grads: list[torch.Tensor], coordinates: bool, keep: bool) -> LayerSums:
     """The sums from per-example gradients [(n, *p.shape) per parameter]."""
-    squares = [g.square() for g in grads]
+    coord_sq = [g.square().sum(0) for g in grads] if coordinates else None
     return LayerSums(
         grad=[g.sum(0) for g in grads],
-        sq_norm=[s.sum() for s in squares],
-        coord_sq=[s.sum(0) for s in squares] if coordinates else None,
+        sq_norm=[c.sum() for c in coord_sq] if coordinates else [g.square().sum() for g in grads],
+        coord_sq=coord_sq,
         inner_products=(lambda directions: dot_each(grads, directions)) if keep else None,
     )
 
@@ -196,7 +197,8 @@ class DenseRule(LayerRule):
 
         keep_formed = keep and forming_is_cheaper  # kept for the inner products: no larger than the patches
         grad = torch.zeros_like(weight)
-        coord_sq = torch.zeros_like(weight)
+        sq_norm = torch.zeros((), dtype=rows.dtype, device=rows.device)
+        coord_sq = torch.zeros_like(weight) if coordinates else None
         formed = []
         for chunk in chunks(n, FORM_CHUNK_ELEMENTS // (patch_elements + d_out * d_in)):
             grads = self.form(a[chunk], delta[chunk])
@@ -204,11 +206,16 @@ class DenseRule(LayerRule):
             if keep_formed:
                 formed.append(grads)
             squares = grads.square() if keep_formed else grads.square_()
-            coord_sq += squares.sum(0).view_as(weight)
+            if coordinates:
+                coord_sq += squares.sum(0).view_as(weight)
+            else:  # a dot product would skip the squares but round far worse (float32 accumulation)
+                sq_norm += squares.sum()
         inner_products = apply_and_dot
         if keep_formed:
             inner_products = lambda directions: [torch.cat([g.flatten(1) @ directions[0].flatten() for g in formed])]  # noqa: E731
-        return LayerSums([grad], [coord_sq.sum()], [coord_sq] if coordinates else None, inner_products)
+        if coordinates:
+            sq_norm = coord_sq.sum()
+        return LayerSums([grad], [sq_norm], [coord_sq] if coordinates else None, inner_products)
 
     def inner_products(self, a, delta, directions):
         m = self.module
@@ -248,8 +255,17 @@ class Conv2dRule(DenseRule):
                                    f"padding_mode={module.padding_mode!r} (supported: groups=1, numeric zero padding)")
 
     def patches(self, a):
+        # What F.unfold returns, built from one strided view of the padded input per kernel offset:
+        # stacking views copies at memory speed, several times faster than unfold on the CPU.
         m = self.module
-        return F.unfold(a, m.kernel_size, m.dilation, m.padding, m.stride).transpose(1, 2)
+        (kh, kw), (sh, sw), (dh, dw), (ph, pw) = m.kernel_size, m.stride, m.dilation, m.padding
+        n, channels, height, width = a.shape
+        rows = (height + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+        cols = (width + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+        padded = F.pad(a, (pw, pw, ph, ph)) if ph or pw else a
+        views = [padded[:, :, i * dh: i * dh + sh * (rows - 1) + 1: sh, j * dw: j * dw + sw * (cols - 1) + 1: sw]
+                 for i in range(kh) for j in range(kw)]
+        return torch.stack(views, 2).reshape(n, channels * kh * kw, rows * cols).transpose(1, 2)
 
     def output_rows(self, delta):
         return delta.flatten(2).transpose(1, 2)
@@ -263,7 +279,7 @@ class Conv2dRule(DenseRule):
 
     def form(self, a, delta):
         n, channels = a.shape[:2]
-        if channels > GROUPED_CONV_MAX_CHANNELS or delta[0, 0].numel() < GROUPED_CONV_MIN_POSITIONS:
+        if channels not in GROUPED_CONV_CHANNELS or delta[0, 0].numel() < GROUPED_CONV_MIN_POSITIONS:
             return super().form(a, delta)
         # Each example as one group of a single grouped convolution: its weight gradient is g_i.
         shape = (n * self.module.out_channels, *self.module.weight.shape[1:])

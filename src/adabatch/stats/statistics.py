@@ -28,15 +28,17 @@ class BatchStatistics:
         return self.coord_var is None or all(bool(torch.isfinite(v).all()) for v in self.coord_var)
 
 
-def batch_statistics(sums: GradientSums, ip_mode: str = "global") -> BatchStatistics:
+def batch_statistics(sums: GradientSums, ip_mode: str = "global",
+                     mean_grad: list[torch.Tensor] | None = None) -> BatchStatistics:
     """`ip_mode="per_tensor"` reproduces the authors' code: inner products and projections per
-    parameter tensor, variances summed over tensors (cross-tensor terms dropped)."""
+    parameter tensor, variances summed over tensors (cross-tensor terms dropped). `mean_grad`:
+    `sums.mean_gradient()` when the caller has it already."""
     if ip_mode not in IP_MODES:
         raise ValueError(f"batch_size.ip_mode={ip_mode!r} is unknown; choose one of {', '.join(IP_MODES)}")
     b = sums.count
     if b < 2:
         raise ValueError(f"the batch-size tests need at least 2 examples per batch, got {b}; raise batch_size.initial")
-    mean_grad = sums.mean_gradient()
+    mean_grad = sums.mean_gradient() if mean_grad is None else mean_grad
     tensor_sq = torch.stack([m.pow(2).sum() for m in mean_grad])  # ||gbar^t||^2
     grad_sq = tensor_sq.sum()
     norm_var = (sums.sq_norm.sum() - b * grad_sq) / (b - 1)

@@ -51,4 +51,4 @@ def gradient_with_statistics(
         world.sum_(sums.second_phase())
     for p, g in zip(engine.params, mean_grad):
         p.grad = g.to(p.dtype)
-    return loss_sum / len(batch), batch_statistics(sums, ip_mode)
+    return loss_sum / len(batch), batch_statistics(sums, ip_mode, mean_grad)

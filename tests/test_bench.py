@@ -1,0 +1,39 @@
+"""scripts/bench_stats.py end to end on the small CNN: it times every configuration, writes both tables
+and ends with one worst-overhead line per engine and test (what it measures is tested elsewhere)."""
+from __future__ import annotations
+
+import csv
+import re
+import subprocess
+import sys
+
+from helpers import ROOT
+
+ENGINES, TESTS = ("ghost", "functorch"), ("norm", "coordinate_norm")
+
+
+def test_bench_writes_its_tables_and_worst_overhead_lines(tmp_path):
+    result = subprocess.run(
+        [sys.executable, ROOT / "scripts" / "bench_stats.py", "--models", "cnn", "--sizes", "32", "128",
+         "--engines", *ENGINES, "--tests", *TESTS, "--repeats", "2", "--device", "cpu", "--out", tmp_path],
+        capture_output=True, text=True, timeout=300, check=True,
+    )
+    lines = result.stdout.splitlines()
+    expected = [f"worst overhead {engine} {test}: " for test in TESTS for engine in ENGINES]
+    assert [line[: len(prefix)] for line, prefix in zip(lines, expected)] == expected and len(lines) == len(expected)
+    for line in lines:
+        assert re.fullmatch(r"worst overhead \w+ \w+: \d+\.\d\dx \(cnn, b=128\)", line)
+
+    with open(tmp_path / "cpu.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["batch_size"], r["engine"], r["test"]) for r in rows] == [
+        (size, *key) for size in ("32", "128") for key in [("plain", ""), *((e, t) for e in ENGINES for t in TESTS)]
+    ]
+    for row in rows:
+        assert float(row["time_ms"]) > 0 and float(row["time_ratio"]) > 0
+        float(row["peak_mib"])  # a number: the step may leave the resident set where it was
+        if row["engine"] == "plain":
+            assert row["time_ratio"] == "1.00" and row["memory_ratio"] in ("1.00", "")
+    table = (tmp_path / "cpu.md").read_text()
+    assert all(line in table for line in lines)
+    assert table.count("| cnn |") == len(rows)
