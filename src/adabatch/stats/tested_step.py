@@ -1,4 +1,4 @@
-"""A tested step: the batch gradient through per-example gradients, and the batch's test statistics.
+"""A tested step: the batch gradient and the batch's test statistics, through a statistics engine.
 
 Memory stays bounded by the micro-batch: each micro-batch is reduced to the additive sums. The
 inner-product sums need the final batch gradient, so when the batch is split (into micro-batches, or
