@@ -9,10 +9,14 @@ this one process: after a warm-up, the configurations take turns for `--repeats`
 random order each round, and a configuration's time ratio is the median over rounds of its time over
 the plain step's in the same round (shared machines drift by tens of percent within minutes; a round
 sees one state of the machine).
-Peak memory is measured in a separate call of each: what the step adds above the memory resident
-before it (on the CPU, the peak resident set size after returning freed memory to the system; on
-CUDA, the allocator's peak), over the plain step's. The models are the configs' own (model=<name>,
-dataset=cifar10) on random CIFAR-sized images.
+Peak memory is what a step adds above the memory in use before it, over the plain step's: on CUDA
+the allocator's peak, measured in this process; on the CPU the peak resident set size, measured in a
+child process (`--memory-only`) started with glibc's mmap threshold fixed at 128 KiB. With glibc's
+default, the threshold rises to 32 MiB as blocks are freed and freed blocks below it stay resident, so
+the resident set does not follow the live tensors (the same plain CNN step read 43 to 76 MiB); fixed,
+every tensor above 128 KiB is mapped and unmapped, and the readings repeat. The fixed threshold also
+slows steps (every step faults its memory in afresh), which is why the timing stays in this process.
+The models are the configs' own (model=<name>, dataset=cifar10) on random CIFAR-sized images.
 """
 from __future__ import annotations
 
@@ -21,10 +25,12 @@ import copy
 import csv
 import ctypes
 import gc
+import json
 import os
 import platform
 import random
 import statistics
+import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -64,8 +70,14 @@ class Result:
     skipped: str = ""
 
 
+MEMORY_CHILD_ENV = {"MALLOC_MMAP_THRESHOLD_": str(128 * 1024)}
+
+
 def main() -> None:
     args = parse_args()
+    if args.memory_only:
+        print(json.dumps(measure_memory_here(args)))
+        return
     devices = [args.device]
     if args.device == "auto":
         devices = ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]
@@ -88,45 +100,120 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--memory-fraction", type=float, default=0.5,
                         help="skip a per-example engine whose gradients would need more than this share of free memory")
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "bench")
+    parser.add_argument("--memory-only", action="store_true",
+                        help="print the peak memory of every configuration as JSON (what the CPU bench's child runs)")
     return parser.parse_args()
+
+
+class Bench:
+    """One model on one device: its plain step and, per engine, its tested steps, for any batch size."""
+
+    def __init__(self, model_name: str, device: torch.device, args):
+        self.device, self.args = device, args
+        self.model = build_config_model(model_name).to(device)
+        self.data = random_cifar(max(args.sizes), device)
+        self.engines = {name: build_engine(name, copy.deepcopy(self.model)) for name in args.engines}
+        self.autocast = make_autocast(device, args.precision)
+        self.n_params = sum(p.numel() for p in self.model.parameters())
+
+    def steps(self, size: int) -> tuple[dict, dict]:
+        """(configuration -> step, skipped configuration -> why) at this batch size."""
+        batch, model, data, autocast = self.data.draw(size), self.model, self.data, self.autocast
+        steps = {("plain", ""): lambda: accumulate_gradient(model, data, batch, size, autocast)}
+        skipped = {}
+        per_example_bytes = size * self.n_params * 4 * 2  # per-example gradients (float32), and a transient of their size
+        for name, engine in self.engines.items():
+            for test in self.args.tests:
+                if name in PER_EXAMPLE_ENGINES and per_example_bytes > self.args.memory_fraction * free_memory(self.device):
+                    skipped[(name, test)] = f"needs ~{per_example_bytes / 2**30:.0f} GiB of per-example gradients"
+                    continue
+                needs = POLICY_CLASSES[test].needs
+                steps[(name, test)] = (lambda e=engine, n=needs: gradient_with_statistics(e, data, batch, size, n, "global", autocast))
+        return steps, skipped
+
+    def clear_gradients(self) -> None:
+        for m in (self.model, *(e.model for e in self.engines.values())):
+            m.zero_grad(set_to_none=True)
+
+    def timed(self, step) -> float:
+        self.clear_gradients()
+        synchronize(self.device)
+        start = time.perf_counter()
+        step()
+        synchronize(self.device)
+        return time.perf_counter() - start
+
+    def peak_memory(self, step) -> int:
+        """What the step adds above the memory in use before it (CUDA: allocated; CPU: resident)."""
+        self.clear_gradients()
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            before = torch.cuda.memory_allocated(self.device)
+            step()
+            torch.cuda.synchronize(self.device)
+            return torch.cuda.max_memory_allocated(self.device) - before
+        LIBC.malloc_trim(0)  # return freed memory, so that reusing it counts again
+        before = proc_status_kib("VmRSS")
+        Path("/proc/self/clear_refs").write_text("5")  # restart the peak resident set size (VmHWM) from now
+        step()
+        return (proc_status_kib("VmHWM") - before) * 1024
 
 
 def bench_device(device: torch.device, args) -> list[Result]:
     results = []
     order = random.Random(0)
     for model_name in args.models:
-        model = build_config_model(model_name).to(device)
-        data = random_cifar(max(args.sizes), device)
-        engines = {name: build_engine(name, copy.deepcopy(model)) for name in args.engines}
-        autocast = make_autocast(device, args.precision)
-        n_params = sum(p.numel() for p in model.parameters())
+        bench = Bench(model_name, device, args)
         for size in args.sizes:
-            batch = data.draw(size)
-            steps = {("plain", ""): lambda: accumulate_gradient(model, data, batch, size, autocast)}
-            skipped = {}
-            per_example_bytes = size * n_params * 4 * 2  # per-example gradients (float32), and a transient of their size
-            for name, engine in engines.items():
-                for test in args.tests:
-                    if name in PER_EXAMPLE_ENGINES and per_example_bytes > args.memory_fraction * free_memory(device):
-                        skipped[(name, test)] = f"needs ~{per_example_bytes / 2**30:.0f} GiB of per-example gradients"
-                        continue
-                    needs = POLICY_CLASSES[test].needs
-                    steps[(name, test)] = (lambda e=engine, n=needs: gradient_with_statistics(e, data, batch, size, n, "global", autocast))
+            steps, skipped = bench.steps(size)
             print(f"{device.type} {model_name} b={size}: {len(steps)} configurations", file=sys.stderr, flush=True)
+            if device.type == "cpu":
+                peaks = measure_memory_in_child(model_name, size, sorted({e for e, _ in steps} - {"plain"}), args)
+            else:
+                peaks = {key: bench.peak_memory(step) for key, step in steps.items()}
             times = {key: [] for key in steps}
-            peaks = {key: peak_memory(step, model, engines, device) for key, step in steps.items()}  # also the warm-up
-            for _ in range(args.repeats):
+            for round_ in range(1 + args.repeats):  # round 0 warms up
                 for key in order.sample(list(steps), len(steps)):
-                    times[key].append(timed(steps[key], model, engines, device))
+                    seconds = bench.timed(steps[key])
+                    if round_:
+                        times[key].append(seconds)
             plain = times[("plain", "")]
             for key, seconds in times.items():
                 ratio = statistics.median(t / p for t, p in zip(seconds, plain))
                 results.append(Result(model_name, size, *key, statistics.median(seconds), ratio, peaks[key]))
             for key, why in skipped.items():
                 results.append(Result(model_name, size, *key, skipped=why))
-        del engines, model
+        del bench
         gc.collect()
     return results
+
+
+def measure_memory_in_child(model: str, size: int, engines: list[str], args) -> dict[tuple[str, str], int]:
+    command = [sys.executable, __file__, "--memory-only", "--device", "cpu", "--models", model, "--sizes", str(size),
+               "--tests", *args.tests, "--precision", args.precision, "--memory-fraction", "inf"]
+    if engines:
+        command += ["--engines", *engines]
+    child = subprocess.run(command, env={**os.environ, **MEMORY_CHILD_ENV}, capture_output=True, text=True)
+    if child.returncode:
+        raise RuntimeError(f"the memory child {' '.join(command)} failed:\n{child.stderr}")
+    return {(engine, test): peak for engine, test, peak in json.loads(child.stdout)}
+
+
+def measure_memory_here(args) -> list[tuple[str, str, int]]:
+    """Every configuration's peak, after one warm-up call of each engine (its first call makes one-time
+    allocations; the plain step's first CNN step reads 51 MiB, later ones 30)."""
+    peaks, warm = [], set()
+    (model_name,), (size,) = args.models, args.sizes
+    bench = Bench(model_name, torch.device(args.device), args)
+    steps, _ = bench.steps(size)
+    for (engine, test), step in steps.items():
+        if engine not in warm:
+            bench.timed(step)
+            warm.add(engine)
+        peaks.append((engine, test, bench.peak_memory(step)))
+    return peaks
 
 
 def build_config_model(name: str) -> torch.nn.Module:
@@ -144,37 +231,6 @@ def random_cifar(n: int, device: torch.device) -> TrainingData:
     labels = torch.randint(0, classes, (n,), generator=g)
     dataset = ArrayDataset("random", images, labels, images[:1], labels[:1], classes, 255.0, (0.5,) * 3, (0.25,) * 3)
     return TrainingData(dataset, build_augmentation("none"), seed=0, device=device)
-
-
-def clear_gradients(model, engines) -> None:
-    for m in (model, *(e.model for e in engines.values())):
-        m.zero_grad(set_to_none=True)
-
-
-def timed(step, model, engines, device) -> float:
-    clear_gradients(model, engines)
-    synchronize(device)
-    start = time.perf_counter()
-    step()
-    synchronize(device)
-    return time.perf_counter() - start
-
-
-def peak_memory(step, model, engines, device) -> int:
-    clear_gradients(model, engines)
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        before = torch.cuda.memory_allocated(device)
-        step()
-        torch.cuda.synchronize(device)
-        return torch.cuda.max_memory_allocated(device) - before
-    LIBC.malloc_trim(0)  # return freed memory, so that reusing it counts again
-    before = proc_status_kib("VmRSS")
-    Path("/proc/self/clear_refs").write_text("5")  # restart the peak resident set size (VmHWM) from now
-    step()
-    return (proc_status_kib("VmHWM") - before) * 1024
 
 
 LIBC = ctypes.CDLL("libc.so.6") if sys.platform == "linux" else None

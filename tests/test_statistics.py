@@ -9,6 +9,7 @@ from helpers import BATCH, MODELS, tiny_problem
 from adabatch.batch_size import build_policy
 from adabatch.models import build_model
 from adabatch.stats import ENGINES, Needs, build_engine, gradient_with_statistics
+from adabatch.stats.sums import GradientSums, add
 from adabatch.step import accumulate_gradient
 
 SPLITS = (1, 2, 3, 7)  # number of micro-batches
@@ -138,6 +139,24 @@ def test_a_single_example_has_no_variance():
         gradient_with_statistics(build_engine("functorch", model), data, batch.split(1)[0], 1, Needs())
 
 
+def test_model_sized_sums_keep_a_first_contribution_then_add_in_float64():
+    params = [torch.zeros(3), torch.zeros(2)]
+    sums = GradientSums(params, Needs(coordinates=True))
+    first = torch.tensor([1.0, 2.0, 3.0])
+    add(sums.grad, 0, first)
+    assert sums.grad[0] is first  # no float64 copy of the model while a pass runs
+    second = torch.full((3,), 1e-9)  # lost if added in float32
+    add(sums.grad, 0, second)
+    expected = first.double() + second.double()
+    assert sums.grad[0].dtype == torch.float64 and torch.equal(sums.grad[0], expected) and expected[0] != 1.0
+    assert first.tolist() == [1.0, 2.0, 3.0]
+    add(sums.coord_sq, 1, torch.tensor([4.0, 5.0]))
+    reduced = sums.first_phase()  # float64 throughout, zeros where nothing was added
+    assert all(t.dtype == torch.float64 for t in reduced)
+    assert torch.equal(reduced[0], expected)
+    assert [t.tolist() for t in reduced[1:]] == [[0.0, 0.0], [0.0, 0.0], [0.0, 0.0, 0.0], [4.0, 5.0]]
+
+
 def test_engines_agree_in_float32_on_channels_last_activations():
     """On the CPU a 1-channel conv can output channels-last; Opacus' conv sampler assumes a
     contiguous layout unless the engine makes activations contiguous."""
@@ -154,10 +173,13 @@ def test_engines_agree_in_float32_on_channels_last_activations():
 
 GHOST_BRANCHES = {  # how the ghost engine treats dense layers with several positions (layers.py)
     "gram": {"FORM_RATIO": {False: 0.0, True: 0.0}, "MIN_CHUNK_ELEMENTS": 1},
-    "formed_from_patches": {"FORM_RATIO": {False: 1e9, True: 1e9}, "GROUPED_CONV_CHANNELS": range(0)},
+    "formed_from_patches": {"FORM_RATIO": {False: 1e9, True: 1e9}, "GROUPED_CONV_CHANNELS": range(0),
+                            "MIN_TRANSIENT_ELEMENTS": 1 << 40},  # one chunk; inner products from kept gradients
     "formed_grouped": {"FORM_RATIO": {False: 1e9, True: 1e9}, "GROUPED_CONV_CHANNELS": range(10**6),
                        "GROUPED_CONV_MIN_POSITIONS": 0},
-    "formed_one_example_a_chunk": {"FORM_RATIO": {False: 1e9, True: 1e9}, "FORM_CHUNK_ELEMENTS": 1},
+    # inner products by applying the layer again (nothing kept)
+    "formed_one_example_a_chunk": {"FORM_RATIO": {False: 1e9, True: 1e9}, "MIN_TRANSIENT_ELEMENTS": 1,
+                                   "TRANSIENT_SHARE": 0.0},
 }
 NEEDS = {"norm": Needs(), "inner_products": Needs(inner_products=True), "coordinates": Needs(coordinates=True)}
 

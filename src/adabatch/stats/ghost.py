@@ -18,8 +18,8 @@ from torch import nn
 
 from ..losses import summed_cross_entropy
 from .base import StatisticsEngine
-from .layers import LayerRule, UnsupportedLayer, rule_for
-from .sums import GradientSums
+from .layers import LayerRule, UnsupportedLayer, rule_for, transient_budget
+from .sums import GradientSums, add
 
 
 class GhostEngine(StatisticsEngine):
@@ -96,6 +96,7 @@ class Capture:
         self.keep = keep
         self.directions = directions  # set in the second phase: ḡ per parameter
         self.inputs: dict[nn.Module, tuple[torch.Tensor, int]] = {}
+        self.input_elements = 0  # of every layer's input in this pass: what a plain step's memory mostly holds
         self.reached: set[nn.Module] = set()
         self.products: torch.Tensor | None = None  # (n, T) float64: <g_i^t, ḡ^t>
         self.anchors: list[nn.Parameter] = []
@@ -132,6 +133,7 @@ class Capture:
                                f"use batch_size.engine=opacus or functorch")
         a = inputs[0]
         self.inputs[module] = (a, a._version)
+        self.input_elements += a.numel()
         output.register_hook(lambda delta: self.on_output_grad(module, delta))
 
     @torch.no_grad()
@@ -147,14 +149,15 @@ class Capture:
         if self.directions is not None:
             self.record(rule, rule.inner_products(a, delta, [self.directions[p] for p in rule.params]))
             return
-        layer = rule.first_phase(a, delta, self.sums.coord_sq is not None, self.keep)
+        budget = transient_budget(self.input_elements)
+        layer = rule.first_phase(a, delta, self.sums.coord_sq is not None, self.keep, budget)
         for p, grad, sq_norm in zip(rule.params, layer.grad, layer.sq_norm):
             t = self.engine.index[p]
-            self.sums.grad[t] += grad
+            add(self.sums.grad, t, grad)
             self.sums.sq_norm[t] += sq_norm
         if layer.coord_sq is not None:
             for p, coord_sq in zip(rule.params, layer.coord_sq):
-                self.sums.coord_sq[self.engine.index[p]] += coord_sq
+                add(self.sums.coord_sq, self.engine.index[p], coord_sq)
         if self.keep:
             self.record(rule, layer.inner_products([g / len(a) for g in layer.grad]))
 

@@ -31,12 +31,24 @@ InnerProducts = Callable[[list[torch.Tensor]], list[torch.Tensor]]
 # also apply the layer once more: measured with scripts/bench_stats.py.
 FORM_RATIO = {False: 1.6, True: 2.5}  # keyed by whether inner products are needed in the same pass
 MIN_CHUNK_ELEMENTS = 1 << 22
-FORM_CHUNK_ELEMENTS = 1 << 22  # patches + per-example gradients of a chunk (16 MiB in float32): stays in cache
+# What a formed layer holds at once (a chunk's patches and per-example gradients; with inner products in
+# the same pass, all its per-example gradients, kept until its batch gradient is known, else it applies
+# the layer once more) stays within this share of the elements of all layer inputs of the pass, and at
+# least MIN_TRANSIENT_ELEMENTS: a plain step's peak memory is mostly those inputs. Larger chunks run
+# faster (fewer, larger matmuls); the share keeps the peak within a few percent of a plain step's.
+TRANSIENT_SHARE = 1 / 16
+MIN_TRANSIENT_ELEMENTS = 1 << 20
+
 # Per-example conv gradients as one grouped convolution (else patches and a batched matmul) for input
 # channels in this range and at least this many output positions (CPU timings: with fewer channels the
 # grouped convolution vectorizes poorly, with more the batched matmul wins).
 GROUPED_CONV_CHANNELS = range(8, 65)
 GROUPED_CONV_MIN_POSITIONS = 256
+
+
+def transient_budget(input_elements: int) -> int:
+    """The elements a formed layer may hold at once, given those of all layer inputs of the pass."""
+    return max(MIN_TRANSIENT_ELEMENTS, int(input_elements * TRANSIENT_SHARE))
 
 
 @dataclass
@@ -56,7 +68,8 @@ class LayerRule(ABC):
         self.params = [p for p in module.parameters(recurse=False) if p.requires_grad]
 
     @abstractmethod
-    def first_phase(self, a: torch.Tensor, delta: torch.Tensor, coordinates: bool, keep: bool) -> LayerSums: ...
+    def first_phase(self, a: torch.Tensor, delta: torch.Tensor, coordinates: bool, keep: bool, budget: int) -> LayerSums:
+        """`budget`: the elements the rule may hold at once (see TRANSIENT_SHARE)."""
 
     @abstractmethod
     def inner_products(self, a: torch.Tensor, delta: torch.Tensor, directions: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -93,7 +106,7 @@ def dot_each(grads: list[torch.Tensor], directions: list[torch.Tensor]) -> list[
 class FormedRule(LayerRule):
     """Modules whose per-example gradients are no larger than their activations: form them."""
 
-    def first_phase(self, a, delta, coordinates, keep):
+    def first_phase(self, a, delta, coordinates, keep, budget):
         return formed_sums(self.per_example(a, delta), coordinates, keep)
 
     def inner_products(self, a, delta, directions):
@@ -162,17 +175,21 @@ class DenseRule(LayerRule):
 
     builds_patches = False  # whether `patches` builds new memory (unfolding) rather than a view
 
-    def first_phase(self, a, delta, coordinates, keep):
+    def forms_from_patches(self, a: torch.Tensor, delta: torch.Tensor) -> bool:
+        """Whether `form` builds patches (else its memory is the per-example gradients alone)."""
+        return self.builds_patches
+
+    def first_phase(self, a, delta, coordinates, keep, budget):
         m = self.module
         rows = self.output_rows(delta)
         found = {}
         if self.trained["bias"]:
             found[m.bias] = formed_sums([rows.sum(1)], coordinates, keep)
         if self.trained["weight"]:
-            found[m.weight] = self._weight_first_phase(a, delta, rows, coordinates, keep)
+            found[m.weight] = self._weight_first_phase(a, delta, rows, coordinates, keep, budget)
         return combine([found[p] for p in self.params])
 
-    def _weight_first_phase(self, a, delta, rows, coordinates, keep) -> LayerSums:
+    def _weight_first_phase(self, a, delta, rows, coordinates, keep, budget) -> LayerSums:
         weight = self.module.weight
         n, positions, d_out = rows.shape
         d_in = weight[0].numel()
@@ -195,12 +212,13 @@ class DenseRule(LayerRule):
                 sq_norm += ((inputs @ inputs.transpose(1, 2)) * (outputs @ outputs.transpose(1, 2))).sum()
             return LayerSums([self.weight_gradient(a, delta)], [sq_norm], None, apply_and_dot)
 
-        keep_formed = keep and forming_is_cheaper  # kept for the inner products: no larger than the patches
+        keep_formed = keep and forming_is_cheaper and n * d_out * d_in <= budget
         grad = torch.zeros_like(weight)
         sq_norm = torch.zeros((), dtype=rows.dtype, device=rows.device)
         coord_sq = torch.zeros_like(weight) if coordinates else None
         formed = []
-        for chunk in chunks(n, FORM_CHUNK_ELEMENTS // (patch_elements + d_out * d_in)):
+        form_elements = d_out * d_in + (patch_elements if self.forms_from_patches(a, delta) else 0)
+        for chunk in chunks(n, budget // form_elements):
             grads = self.form(a[chunk], delta[chunk])
             grad += grads.sum(0).view_as(weight)
             if keep_formed:
@@ -277,10 +295,13 @@ class Conv2dRule(DenseRule):
     def weight_gradient(self, a, delta):
         return self._weight_backward(a, delta, self.module.weight.shape, groups=1)
 
+    def forms_from_patches(self, a, delta):
+        return a.shape[1] not in GROUPED_CONV_CHANNELS or delta[0, 0].numel() < GROUPED_CONV_MIN_POSITIONS
+
     def form(self, a, delta):
-        n, channels = a.shape[:2]
-        if channels not in GROUPED_CONV_CHANNELS or delta[0, 0].numel() < GROUPED_CONV_MIN_POSITIONS:
+        if self.forms_from_patches(a, delta):
             return super().form(a, delta)
+        n, channels = a.shape[:2]
         # Each example as one group of a single grouped convolution: its weight gradient is g_i.
         shape = (n * self.module.out_channels, *self.module.weight.shape[1:])
         grads = self._weight_backward(a.reshape(1, n * channels, *a.shape[2:]),

@@ -32,13 +32,14 @@ def batch_statistics(sums: GradientSums, ip_mode: str = "global",
                      mean_grad: list[torch.Tensor] | None = None) -> BatchStatistics:
     """`ip_mode="per_tensor"` reproduces the authors' code: inner products and projections per
     parameter tensor, variances summed over tensors (cross-tensor terms dropped). `mean_grad`:
-    `sums.mean_gradient()` when the caller has it already."""
+    `sums.take_mean_gradient()` when the caller has taken it already. The per-coordinate variances are
+    made in place from the sums' sum_i g_i*g_i (as large as the model): take the statistics once."""
     if ip_mode not in IP_MODES:
         raise ValueError(f"batch_size.ip_mode={ip_mode!r} is unknown; choose one of {', '.join(IP_MODES)}")
     b = sums.count
     if b < 2:
         raise ValueError(f"the batch-size tests need at least 2 examples per batch, got {b}; raise batch_size.initial")
-    mean_grad = sums.mean_gradient() if mean_grad is None else mean_grad
+    mean_grad = sums.take_mean_gradient() if mean_grad is None else mean_grad
     tensor_sq = torch.stack([m.pow(2).sum() for m in mean_grad])  # ||gbar^t||^2
     grad_sq = tensor_sq.sum()
     norm_var = (sums.sq_norm.sum() - b * grad_sq) / (b - 1)
@@ -56,7 +57,8 @@ def batch_statistics(sums: GradientSums, ip_mode: str = "global",
 
     coord_var = None
     if sums.coord_sq is not None:
-        coord_var = [(sq - b * m.pow(2)) / (b - 1) for sq, m in zip(sums.coord_sq, mean_grad)]
+        coord_var = [sq.addcmul_(m, m, value=-b).div_(b - 1) for sq, m in zip(sums.coord_sq, mean_grad)]
+        sums.coord_sq = None
 
     return BatchStatistics(
         batch_size=b,

@@ -41,7 +41,7 @@ def gradient_with_statistics(
         loss_sum = loss_sum + engine.first_phase(*data.examples(part), sums, autocast, keep)
     world.sum_(sums.first_phase())
     sums.count = len(batch)  # every rank's examples are in the sums now
-    mean_grad = sums.mean_gradient()
+    mean_grad = sums.take_mean_gradient()
     if needs.inner_products:
         if keep:
             engine.kept_inner_products(sums, mean_grad)
