@@ -4,7 +4,7 @@
     .venv/bin/python scripts/bench_stats.py --models vit --sizes 128 --engines ghost --out /tmp/bench
 
 A plain step is the forward and backward of a batch (`accumulate_gradient`); a tested step is the
-same batch through `gradient_with_statistics` with an engine and a test's needs. Everything runs in
+same batch through `gradient_with_statistics` with an engine and a test's needs. The timing runs in
 this one process: after a warm-up, the configurations take turns for `--repeats` rounds, in a new
 random order each round, and a configuration's time ratio is the median over rounds of its time over
 the plain step's in the same round (shared machines drift by tens of percent within minutes; a round
