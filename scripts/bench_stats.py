@@ -92,7 +92,7 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
     parser.add_argument("--sizes", nargs="+", type=int, default=[32, 128, 512])
-    parser.add_argument("--engines", nargs="+", default=list(ENGINES), choices=ENGINES)
+    parser.add_argument("--engines", nargs="*", default=list(ENGINES), choices=ENGINES, help="none: the plain step only")
     parser.add_argument("--tests", nargs="+", default=list(TESTS), choices=TESTS)
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds after one warm-up round")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
@@ -169,16 +169,16 @@ def bench_device(device: torch.device, args) -> list[Result]:
         for size in args.sizes:
             steps, skipped = bench.steps(size)
             print(f"{device.type} {model_name} b={size}: {len(steps)} configurations", file=sys.stderr, flush=True)
-            if device.type == "cpu":
-                peaks = measure_memory_in_child(model_name, size, sorted({e for e, _ in steps} - {"plain"}), args)
-            else:
-                peaks = {key: bench.peak_memory(step) for key, step in steps.items()}
             times = {key: [] for key in steps}
             for round_ in range(1 + args.repeats):  # round 0 warms up
                 for key in order.sample(list(steps), len(steps)):
                     seconds = bench.timed(steps[key])
                     if round_:
                         times[key].append(seconds)
+            if device.type == "cpu":
+                peaks = measure_memory_in_child(model_name, size, sorted({e for e, _ in steps} - {"plain"}), args)
+            else:  # after the warm-up round
+                peaks = {key: bench.peak_memory(step) for key, step in steps.items()}
             plain = times[("plain", "")]
             for key, seconds in times.items():
                 ratio = statistics.median(t / p for t, p in zip(seconds, plain))
@@ -192,9 +192,7 @@ def bench_device(device: torch.device, args) -> list[Result]:
 
 def measure_memory_in_child(model: str, size: int, engines: list[str], args) -> dict[tuple[str, str], int]:
     command = [sys.executable, __file__, "--memory-only", "--device", "cpu", "--models", model, "--sizes", str(size),
-               "--tests", *args.tests, "--precision", args.precision, "--memory-fraction", "inf"]
-    if engines:
-        command += ["--engines", *engines]
+               "--tests", *args.tests, "--precision", args.precision, "--memory-fraction", "inf", "--engines", *engines]
     child = subprocess.run(command, env={**os.environ, **MEMORY_CHILD_ENV}, capture_output=True, text=True)
     if child.returncode:
         raise RuntimeError(f"the memory child {' '.join(command)} failed:\n{child.stderr}")
