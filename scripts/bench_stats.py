@@ -5,10 +5,11 @@
 
 A plain step is the forward and backward of a batch (`accumulate_gradient`); a tested step is the
 same batch through `gradient_with_statistics` with an engine and a test's needs. The timing runs in
-this one process: after a warm-up, the configurations take turns for `--repeats` rounds, in a new
-random order each round, and a configuration's time ratio is the median over rounds of its time over
-the plain step's in the same round (shared machines drift by tens of percent within minutes; a round
-sees one state of the machine).
+this one process: after a warm-up, the configurations take turns for `--repeats` rounds (the slow
+per-example engines for the first `--per-example-repeats` of them), in a new random order each
+round, and a configuration's time ratio is the median over its rounds of its time over the plain
+step's in the same round (shared machines drift by tens of percent within minutes; a round sees one
+state of the machine).
 Peak memory is what a step adds above the memory in use before it, over the plain step's: on CUDA
 the allocator's peak, measured in this process; on the CPU the peak resident set size, measured in a
 child process (`--memory-only`) started with glibc's mmap threshold fixed at 128 KiB. With glibc's
@@ -95,6 +96,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--engines", nargs="*", default=list(ENGINES), choices=ENGINES, help="none: the plain step only")
     parser.add_argument("--tests", nargs="+", default=list(TESTS), choices=TESTS)
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds after one warm-up round")
+    parser.add_argument("--per-example-repeats", type=int, default=1,
+                        help="of those rounds, how many time the per-example engines (opacus, functorch): at 2x to "
+                             "30x a plain step they dominate the run, and one round places them well enough")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"), help="bf16: autocast, CUDA only")
     parser.add_argument("--memory-fraction", type=float, default=0.5,
@@ -102,7 +106,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "bench")
     parser.add_argument("--memory-only", action="store_true",
                         help="print the peak memory of every configuration as JSON (what the CPU bench's child runs)")
-    return parser.parse_args()
+    args = parser.parse_args()
+    for option in ("repeats", "per_example_repeats"):
+        if getattr(args, option) < 1:
+            parser.error(f"--{option.replace('_', '-')} {getattr(args, option)}: give at least 1 timed round")
+    return args
 
 
 class Bench:
@@ -171,7 +179,8 @@ def bench_device(device: torch.device, args) -> list[Result]:
             print(f"{device.type} {model_name} b={size}: {len(steps)} configurations", file=sys.stderr, flush=True)
             times = {key: [] for key in steps}
             for round_ in range(1 + args.repeats):  # round 0 warms up
-                for key in order.sample(list(steps), len(steps)):
+                keys = [key for key in steps if key[0] not in PER_EXAMPLE_ENGINES or round_ <= args.per_example_repeats]
+                for key in order.sample(keys, len(keys)):
                     seconds = bench.timed(steps[key])
                     if round_:
                         times[key].append(seconds)
@@ -180,7 +189,7 @@ def bench_device(device: torch.device, args) -> list[Result]:
             else:  # after the warm-up round
                 peaks = {key: bench.peak_memory(step) for key, step in steps.items()}
             plain = times[("plain", "")]
-            for key, seconds in times.items():
+            for key, seconds in times.items():  # a per-example engine's rounds are the first ones
                 ratio = statistics.median(t / p for t, p in zip(seconds, plain))
                 results.append(Result(model_name, size, *key, statistics.median(seconds), ratio, peaks[key]))
             for key, why in skipped.items():
@@ -200,16 +209,18 @@ def measure_memory_in_child(model: str, size: int, engines: list[str], args) -> 
 
 
 def measure_memory_here(args) -> list[tuple[str, str, int]]:
-    """Every configuration's peak, after one warm-up call of each engine (its first call makes one-time
-    allocations; the plain step's first CNN step reads 51 MiB, later ones 30)."""
+    """Every configuration's peak, after a warm-up call (a first call makes one-time allocations: the
+    plain CNN step's first call reads 51 MiB, later ones 30): of its own, or for the slow per-example
+    engines, whose peaks are tens of times a plain step's, one of the engine's."""
     peaks, warm = [], set()
     (model_name,), (size,) = args.models, args.sizes
     bench = Bench(model_name, torch.device(args.device), args)
     steps, _ = bench.steps(size)
     for (engine, test), step in steps.items():
-        if engine not in warm:
+        warm_key = engine if engine in PER_EXAMPLE_ENGINES else (engine, test)
+        if warm_key not in warm:
             bench.timed(step)
-            warm.add(engine)
+            warm.add(warm_key)
         peaks.append((engine, test, bench.peak_memory(step)))
     return peaks
 
@@ -298,7 +309,8 @@ def write_tables(results: list[Result], device: str, args) -> None:
         "",
         f"Written by `{' '.join(['scripts/bench_stats.py', *sys.argv[1:]])}` on {machine(device)}, "
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, precision {args.precision}; "
-        f"{args.repeats} rounds. Time: median; x plain: median over rounds of the ratio to the plain step "
+        f"{args.repeats} rounds ({min(args.repeats, args.per_example_repeats)} for "
+        f"{' and '.join(PER_EXAMPLE_ENGINES)}). Time: median; x plain: median over rounds of the ratio to the plain step "
         "of the same round. Peak memory: above what was resident before the step.",
         "",
         *worst_overheads(results, args),

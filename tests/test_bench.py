@@ -37,4 +37,5 @@ def test_bench_writes_its_tables_and_worst_overhead_lines(tmp_path):
             assert row["time_ratio"] == "1.00" and row["memory_ratio"] == "1.00"
     table = (tmp_path / "cpu.md").read_text()
     assert all(line in table for line in lines)
+    assert "2 rounds (1 for opacus and functorch)" in table  # --per-example-repeats' default
     assert table.count("| cnn |") == len(rows)

@@ -27,9 +27,10 @@ from torch.nn import functional as F
 InnerProducts = Callable[[list[torch.Tensor]], list[torch.Tensor]]
 # Form a dense layer's per-example gradients when they are at most this many times the size of its
 # (unfolded) inputs and output gradients; else use the Gram form. A batched matmul forming g_i runs
-# well below a plain matmul's speed on the CPU, and when inner products are needed the Gram form must
-# also apply the layer once more: measured with scripts/bench_stats.py.
-FORM_RATIO = {False: 1.6, True: 2.5}  # keyed by whether inner products are needed in the same pass
+# well below a plain matmul's speed on the CPU. When the inner products can use the formed g_i (they
+# fit in the budget below), the Gram form would also have to apply the layer once more; otherwise both
+# forms apply it: measured with scripts/bench_stats.py.
+FORM_RATIO = {False: 1.6, True: 2.5}  # keyed by whether the formed g_i are kept for the inner products
 MIN_CHUNK_ELEMENTS = 1 << 22
 # What a formed layer holds at once (a chunk's patches and per-example gradients; with inner products in
 # the same pass, all its per-example gradients, kept until its batch gradient is known, else it applies
@@ -203,7 +204,8 @@ class DenseRule(LayerRule):
             return LayerSums([grad], [sq_norm], coord_sq, apply_and_dot)
 
         patch_elements = positions * d_in if self.builds_patches else 0  # per example
-        forming_is_cheaper = d_in * d_out <= FORM_RATIO[keep] * positions * (d_in + d_out)
+        keep_formed = keep and n * d_out * d_in <= budget
+        forming_is_cheaper = d_in * d_out <= FORM_RATIO[keep_formed] * positions * (d_in + d_out)
         if not (coordinates or forming_is_cheaper):  # the Gram form, a chunk of examples at a time
             sq_norm = torch.zeros((), dtype=rows.dtype, device=rows.device)
             budget = max(a.numel() + delta.numel(), MIN_CHUNK_ELEMENTS)
@@ -212,7 +214,6 @@ class DenseRule(LayerRule):
                 sq_norm += ((inputs @ inputs.transpose(1, 2)) * (outputs @ outputs.transpose(1, 2))).sum()
             return LayerSums([self.weight_gradient(a, delta)], [sq_norm], None, apply_and_dot)
 
-        keep_formed = keep and forming_is_cheaper and n * d_out * d_in <= budget
         grad = torch.zeros_like(weight)
         sq_norm = torch.zeros((), dtype=rows.dtype, device=rows.device)
         coord_sq = torch.zeros_like(weight) if coordinates else None
