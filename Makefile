@@ -61,11 +61,16 @@ sweep: $(SYNCED)
 # experiment from configs/experiment/, method from configs/method/, optimizer from configs/optimizer/.
 SEEDS ?= 0 1 2
 
-CPU_EXPERIMENTS := cpu_digits_cnn cpu_fashion_logistic
+# CPU runs: the paper's MNIST-logistic row at full scale on Fashion-MNIST, and the MNIST CNN row scaled
+# to the embedded digits. Each also sweeps a frontier: constant batches from b0 to b_max by factors of 4
+# and the norm test at several eta (a run id may end in /<plan key>_<value>: that plan key overridden).
+CPU_EXPERIMENTS := fashion_logistic cpu_digits_cnn
 CPU_METHODS := constant_small-adagrad constant_large-adagrad linear_ramp-adagrad stagewise-adagrad \
   norm_test-adagrad norm_test-adagrad_norm norm_test-adam
-cpu_digits_cnn_RUNS := $(CPU_METHODS)
-cpu_fashion_logistic_RUNS := $(CPU_METHODS)
+FRONTIER = $(foreach b,$(1),constant_small-adagrad/b0_$(b)) $(foreach e,$(2),norm_test-adagrad/eta_$(e))
+fashion_logistic_RUNS := $(CPU_METHODS) augmented_test-adagrad \
+  $(call FRONTIER,8 32 128 512 2048 8192 32768 60000,0.05 0.25 0.5 1)
+cpu_digits_cnn_RUNS := $(CPU_METHODS) $(call FRONTIER,16 64 256,0.05 0.1 0.25 0.5)
 
 PAPER_EXPERIMENTS := mnist_logistic mnist_cnn cifar10_resnet18 cifar10_resnet50 cifar100_resnet50 cifar10_vit
 BASELINES = constant_small-$(1) constant_large-$(1) linear_ramp-$(1) stagewise-$(1)
@@ -80,11 +85,14 @@ run_targets = $(foreach e,$(2),$(foreach r,$($(e)_RUNS),$(foreach s,$(SEEDS),res
 CPU_RUN_TARGETS := $(call run_targets,cpu,$(CPU_EXPERIMENTS))
 PAPER_RUN_TARGETS := $(call run_targets,paper,$(PAPER_EXPERIMENTS))
 
-# $(call train_run,<experiment>/<method>-<optimizer>/seed<k>,<run dir>)
+# $(call train_run,<experiment>/<method>-<optimizer>[/<plan key>_<value>]/seed<k>,<run dir>)
 word_of = $(word $(2),$(subst $(3), ,$(1)))
+# <key>_<value> -> plan.<key>=<value> (the key is what comes before the last "_")
+plan_override = $(if $(1),plan.$(patsubst %_$(lastword $(subst _, ,$(1))),%,$(1))=$(lastword $(subst _, ,$(1))))
 define train_run
 $(PY) src/train.py experiment=$(call word_of,$(1),1,/) method=$(call word_of,$(call word_of,$(1),2,/),1,-) \
-  optimizer=$(call word_of,$(call word_of,$(1),2,/),2,-) seed=$(patsubst seed%,%,$(call word_of,$(1),3,/)) \
+  optimizer=$(call word_of,$(call word_of,$(1),2,/),2,-) seed=$(patsubst seed%,%,$(lastword $(subst /, ,$(1)))) \
+  $(call plan_override,$(if $(call word_of,$(1),4,/),$(call word_of,$(1),3,/))) \
   train.progress_every_s=60 hydra.run.dir=$(2) $(RUN_ARGS)
 endef
 
@@ -95,12 +103,13 @@ results/cpu/runs/%/summary.json: | $(SYNCED)
 results/paper/runs/%/summary.json: | $(SYNCED)
 	$(call train_run,$*,$(@D))
 
-.PHONY: reproduce reproduce-cpu cpu-runs paper-runs figures
+.PHONY: reproduce reproduce-cpu cpu-runs paper-runs figures data pack-runs
 JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 
-## The CPU-scale reproduction on real data this machine has (digits, Fashion-MNIST): runs, figures, tables
-reproduce-cpu: | $(SYNCED)
+## The CPU reproduction on real data (Fashion-MNIST at the paper's scale, digits): runs, figures, tables
+reproduce-cpu: | $(SYNCED) data
 	$(MAKE) -k -j$(JOBS) cpu-runs
+	$(MAKE) pack-runs RUNS=results/cpu/runs
 	$(MAKE) figures RUNS=results/cpu/runs OUT=results/cpu
 
 cpu-runs: $(CPU_RUN_TARGETS)
@@ -108,6 +117,7 @@ cpu-runs: $(CPU_RUN_TARGETS)
 ## The paper's experiments, for a GPU node (one run at a time): runs, figures, tables
 reproduce: | $(SYNCED)
 	$(MAKE) paper-runs
+	$(MAKE) pack-runs RUNS=results/paper/runs
 	$(MAKE) figures RUNS=results/paper/runs OUT=results/paper
 
 paper-runs: $(PAPER_RUN_TARGETS)
@@ -117,3 +127,19 @@ RUNS ?= results/cpu/runs
 OUT ?= results/cpu
 figures: | $(SYNCED)
 	$(PY) scripts/make_figures.py $(RUNS) --out $(OUT)
+
+## Gzip finished runs' metrics.jsonl (what results/ commits; figures read either)
+pack-runs: | $(SYNCED)
+	$(PY) scripts/pack_runs.py $(RUNS)
+
+## Fashion-MNIST for reproduce-cpu: Debian's dataset-fashion-mnist (apt-get, as root), else a download into data/
+FASHION_DIR := /usr/share/datasets/fashion-mnist
+data: | $(SYNCED)
+	@if [ -f $(FASHION_DIR)/train-images-idx3-ubyte.gz ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "make data: installing Debian's dataset-fashion-mnist"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist) >/dev/null 2>&1 \
+	    && exit 0; fi; \
+	$(PY) -c "from adabatch.data import load_dataset; load_dataset('fashion_mnist', 'data')" 2>/dev/null && exit 0; \
+	echo "make data: Fashion-MNIST is missing; install it with 'sudo apt-get install dataset-fashion-mnist'" \
+	  "or put its four idx files in data/FashionMNIST/raw/" >&2; exit 1

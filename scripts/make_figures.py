@@ -4,8 +4,8 @@
 
 A RUNS_PATH is a run directory, a directory of runs or a Hydra multirun directory; every directory
 under it holding config.yaml and summary.json is a run. Writes OUT_DIR/<experiment>/{table.csv,
-table.md, curves_samples.png, curves_steps.png, curves_wallclock.png, test_statistic.png} and
-OUT_DIR/index.md, printing each path written.
+table.md, frontier.csv, frontier.md, curves_samples.png, curves_steps.png, curves_wallclock.png,
+frontier.png, test_statistic.png} and OUT_DIR/index.md, printing each path written.
 """
 from __future__ import annotations
 

@@ -4,6 +4,7 @@ Hydra entry point in this process, as `python src/train.py <overrides>` would.""
 from __future__ import annotations
 
 import importlib.util
+import logging
 import sys
 
 import pytest
@@ -30,6 +31,8 @@ BAD_CONFIGS = {  # overrides: what the error line must say
     "train.samples=0": "train.samples=0 must be an integer >= 1",
     "train.samples=-100": "train.samples=-100 must be an integer >= 1",
     "train.eval_every=0": "train.eval_every=0 must be an integer >= 1",
+    "train.eval_first=0": "train.eval_first=0 must be an integer >= 1",
+    "batch_size.finite_population=yes": "batch_size.finite_population='yes' must be true or false",
     "train.checkpoint_every=0": "train.checkpoint_every=0 must be an integer >= 1",
     "train.precision=fp16": "train.precision='fp16' is unknown; choose one of fp32, bf16",
     "optimizer.name=lion": "optimizer='lion' is unknown; choose one of",
@@ -51,11 +54,19 @@ BAD_CONFIGS = {  # overrides: what the error line must say
 def run_cli(overrides: list[str], capsys) -> tuple[int, str]:
     argv = sys.argv
     sys.argv = ["train.py", *overrides]
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
     try:
         with pytest.raises(SystemExit) as exit_info:
             train_cli.main()
     finally:
         sys.argv = argv
+        # Hydra pointed the root logger at the rejected run's train.log, whose directory is gone: a later
+        # test's first log line would fail to create it. A real process exits here.
+        for handler in root.handlers:
+            if handler not in handlers:
+                handler.close()
+        root.handlers[:], root.level = handlers, level
     return exit_info.value.code, capsys.readouterr().err
 
 

@@ -12,8 +12,8 @@ def stats(b, grad_sq_norm=1.0, norm_var=0.0, ip_var=None, orth_var=None, coord_v
     return BatchStatistics(b, grad_sq_norm, norm_var, ip_var, orth_var, coord_var, mean_grad)
 
 
-def norm_policy(**overrides):
-    return build_policy({"name": "norm", "initial": 4, "max": 100, "eta": 0.5, **overrides}, budget=1)
+def norm_policy(population=None, **overrides):
+    return build_policy({"name": "norm", "initial": 4, "max": 100, "eta": 0.5, **overrides}, budget=1, population=population)
 
 
 def test_norm_proposal_is_rounded_up_and_never_shrinks():
@@ -95,3 +95,27 @@ def test_coordinate_rule_is_the_max_and_the_quantile_variant_is_robust():
 def test_bad_test_parameters_name_the_key(cfg, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(")):
         build_policy(cfg, budget=1)
+
+
+@pytest.mark.parametrize("variance", [0.3, 2.6, 7.0, 40.0, 1e6])
+def test_finite_population_proposal_is_the_smallest_size_passing_the_corrected_test(variance):
+    population, eta = 50, 0.5
+    policy = norm_policy(max=population, finite_population=True, population=population)
+    plain_proposal = norm_policy(max=population).decide(
+        step=1, samples=4, batch_size=4, statistics=stats(4, norm_var=variance)).record["proposal"]
+    decision = policy.decide(step=1, samples=4, batch_size=4, statistics=stats(4, norm_var=variance))
+    # brute force: (N - b) / (N - 1) * V / b <= eta^2 ||gbar||^2, over every size the batch may grow to
+    passing = [b for b in range(4, population + 1) if (population - b) / (population - 1) * variance / b <= eta**2]
+    assert decision.next_size == passing[0]
+    assert decision.record["proposal"] <= plain_proposal
+
+
+def test_finite_population_caps_an_infinite_proposal_at_the_population_and_is_off_by_default():
+    policy = norm_policy(max=1000, finite_population=True, population=30)
+    vanishing = stats(4, grad_sq_norm=0.0, norm_var=1.0)
+    assert policy.decide(step=1, samples=4, batch_size=4, statistics=vanishing).record["proposal"] == 30
+    assert norm_policy(population=30).finite_population is False
+    with pytest.raises(ValueError, match="finite_population=true needs the training set's size"):
+        norm_policy(finite_population=True).decide(step=1, samples=4, batch_size=4, statistics=stats(4, norm_var=1.0))
+    with pytest.raises(ValueError, match="batch_size.finite_population='yes' must be true or false"):
+        norm_policy(finite_population="yes")

@@ -1,6 +1,6 @@
 import pytest
 
-from adabatch.batch_size import build_policy, grow
+from adabatch.batch_size import build_policy, cap_batch_sizes, grow
 from adabatch.batch_size.fixed import doubling
 
 
@@ -56,3 +56,12 @@ def test_stagewise_default_stages_double_up_to_max():
 def test_bad_policy_configs_name_the_key(cfg, message):
     with pytest.raises(ValueError, match=message.replace("[", r"\[")):
         build_policy(cfg, budget=100)
+
+
+def test_batch_sizes_above_the_training_set_are_capped_and_what_was_asked_is_returned():
+    options, asked = cap_batch_sizes({"name": "stagewise", "initial": 4, "max": 5000, "stages": [4, 1000, 5000]}, 1437)
+    assert (options["initial"], options["max"], options["stages"]) == (4, 1437, [4, 1000, 1437])
+    assert asked == {"max": 5000, "stages": [4, 1000, 5000]}
+    assert build_policy(options, budget=100).stages == [4, 1000, 1437]
+    unchanged = {"name": "constant", "initial": 32, "max": 32}
+    assert cap_batch_sizes(unchanged, 32) == (unchanged, {})

@@ -25,6 +25,7 @@ from adabatch.data import (
     plan_layout,
 )
 from adabatch.data import sources
+from adabatch.data.stream import derive_seed
 from fake_datasets import IDX_STEMS, write_cifar_batch, write_idx, write_idx_dir
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -259,19 +260,66 @@ def test_real_fashion_mnist(tmp_path):
 # --- index stream ---------------------------------------------------------------------------
 
 
-def test_stream_is_independent_of_how_it_is_taken():
-    a, b = IndexStream(10, seed=3), IndexStream(10, seed=3)
-    pieces = torch.cat([a.take(5), a.take(7), a.take(0), a.take(23)])
-    assert torch.equal(pieces, b.take(35))
-    assert (a.epoch, a.offset) == (b.epoch, b.offset) == (3, 5)
+def plain_permutations(num_examples: int, seed: int, epochs: int) -> torch.Tensor:
+    """The stream as it was before batches were drawn without replacement: epoch permutations end to end."""
+    return torch.cat([
+        torch.randperm(num_examples, generator=torch.Generator().manual_seed(derive_seed(seed, 0, epoch)))
+        for epoch in range(epochs)
+    ])
 
 
-def test_stream_epochs_are_distinct_permutations():
-    indices = IndexStream(50, seed=0).take(150)
-    epochs = indices.view(3, 50)
-    for epoch in epochs:
-        assert sorted(epoch.tolist()) == list(range(50))
-    assert not torch.equal(epochs[0], epochs[1]) and indices.dtype == torch.int64
+@pytest.mark.parametrize("sizes", [[5, 5, 10, 2, 8], [1] * 30, [10, 10, 10]])
+def test_batches_inside_epochs_are_the_plain_permutations(sizes):
+    stream = IndexStream(10, seed=3)
+    drawn = torch.cat([stream.take(size) for size in sizes])
+    assert torch.equal(drawn, plain_permutations(10, 3, 3)[: len(drawn)])
+    assert stream.head.numel() == 0
+
+
+def test_every_batch_holds_distinct_examples_and_every_epoch_each_example_once():
+    num_examples, g = 37, torch.Generator().manual_seed(0)
+    stream = IndexStream(num_examples, seed=5)
+    drawn = 0
+    for _ in range(300):
+        size = int(torch.randint(1, num_examples + 1, (1,), generator=g))
+        batch = stream.take(size)
+        assert len(batch) == size and len(set(batch.tolist())) == size
+        drawn += size
+    drawn += stream.take(num_examples - stream.offset).numel()  # to the end of the epoch
+    assert stream.offset == 0 and drawn == stream.epoch * num_examples
+    replay = IndexStream(num_examples, seed=5)
+    g = torch.Generator().manual_seed(0)
+    counts = torch.zeros(num_examples, dtype=torch.int64)
+    for _ in range(300):
+        counts += torch.bincount(replay.take(int(torch.randint(1, num_examples + 1, (1,), generator=g))),
+                                 minlength=num_examples)
+    counts += torch.bincount(replay.take(num_examples - replay.offset), minlength=num_examples)
+    assert torch.equal(counts, torch.full((num_examples,), stream.epoch))
+
+
+def test_a_full_batch_drawn_mid_epoch_is_a_permutation_of_the_training_set():
+    stream = IndexStream(60, seed=1)
+    stream.take(17)
+    for _ in range(3):
+        assert sorted(stream.take(60).tolist()) == list(range(60))
+
+
+def test_a_batch_straddling_an_epoch_takes_the_next_epochs_first_new_examples():
+    stream = IndexStream(10, seed=2)
+    stream.take(6)
+    tail = plain_permutations(10, 2, 1)[6:]
+    following = plain_permutations(10, 2, 2)[10:]
+    batch = stream.take(8)
+    fresh = [i for i in following.tolist() if i not in tail.tolist()][:4]
+    assert batch.tolist() == tail.tolist() + fresh
+    # the examples passed over come next in that epoch, in their order
+    rest = [i for i in following.tolist() if i not in fresh]
+    assert stream.take(6).tolist() == rest
+
+
+def test_a_batch_larger_than_the_training_set_is_refused():
+    with pytest.raises(ValueError, match="11 examples .* without replacement from 10; use a batch size between"):
+        IndexStream(10, seed=0).take(11)
 
 
 def test_stream_is_seeded():
@@ -279,14 +327,16 @@ def test_stream_is_seeded():
     assert not torch.equal(IndexStream(100, seed=1).take(100), IndexStream(100, seed=2).take(100))
 
 
-def test_stream_resumes_from_state_dict():
+@pytest.mark.parametrize("before", [[13, 7], [9, 12]])  # ends inside an epoch; after a batch straddled one
+def test_stream_resumes_from_state_dict(before):
     stream = IndexStream(13, seed=7)
-    stream.take(20)
+    for size in before:
+        stream.take(size)
     state = stream.state_dict()
-    expected = stream.take(30)
+    expected = [stream.take(size) for size in (11, 13, 5)]
     resumed = IndexStream(13, seed=7)
     resumed.load_state_dict(state)
-    assert torch.equal(resumed.take(30), expected)
+    assert all(torch.equal(resumed.take(size), batch) for size, batch in zip((11, 13, 5), expected))
     with pytest.raises(ValueError, match="seed"):
         IndexStream(13, seed=8).load_state_dict(state)
 
@@ -385,12 +435,13 @@ def test_examples_without_augmentation_are_normalized_images():
 def test_training_data_resumes_stream_and_augmentation(device):
     data = TrainingData(fake_dataset(), build_augmentation("crop_flip"), seed=5, device=device)
     data.draw(17)
+    data.draw(30)  # straddles the first epoch
     state = data.state_dict()
-    expected = data.draw(50)
+    expected = data.draw(40)
     resumed = TrainingData(fake_dataset(), build_augmentation("crop_flip"), seed=5, device=device)
-    fresh = resumed.draw(50)
+    fresh = resumed.draw(40)
     resumed.load_state_dict(state)
-    batch = resumed.draw(50)
+    batch = resumed.draw(40)
     assert torch.equal(batch.indices, expected.indices) and torch.equal(batch.aug_params, expected.aug_params)
     assert not torch.equal(fresh.aug_params, expected.aug_params)
 

@@ -15,22 +15,37 @@ from adabatch.schedules import build_schedule
 def planned_runs(target: str) -> list[list[str]]:
     dry_run = subprocess.run(["make", "-n", "-B", "--no-print-directory", target], cwd=ROOT,
                              capture_output=True, text=True, check=True).stdout
-    return [re.findall(r"(?:experiment|method|optimizer|seed)=\S+", line) for line in dry_run.splitlines()
+    return [re.findall(r"(?:experiment|method|optimizer|seed|plan\.\w+)=\S+", line) for line in dry_run.splitlines()
             if "src/train.py" in line]
 
 
-@pytest.mark.parametrize("target, count", [("cpu-runs", 2 * 7 * 3), ("paper-runs", 39 * 3)])
+@pytest.mark.parametrize("target, count", [("cpu-runs", (20 + 14) * 3), ("paper-runs", 39 * 3)])
 def test_every_planned_run_composes(target, count):
     runs = planned_runs(target)
     assert len(runs) == count and len({tuple(r) for r in runs}) == count
     assert {r[3] for r in runs} == {"seed=0", "seed=1", "seed=2"}
     labels = {}
-    for overrides in sorted({tuple(r[:3]) for r in runs}):  # the seed does not change the composition
+    for overrides in sorted({tuple(r[:3] + r[4:]) for r in runs}):  # the seed does not change the composition
         cfg = OmegaConf.to_container(compose(*overrides), resolve=True)
         policy = build_policy(cfg["batch_size"], budget=cfg["train"]["samples"])
         build_optimizer(cfg["optimizer"], [torch.nn.Parameter(torch.ones(1))])
         build_schedule(cfg["schedule"])
         assert cfg["experiment_name"] == overrides[0].split("=")[1]
         assert policy.initial == cfg["plan"]["b0"] or cfg["batch_size"]["name"] == "constant"
-        labels.setdefault((cfg["experiment_name"], cfg["method"]), set()).add(overrides[1:3])
+        labels.setdefault((cfg["experiment_name"], cfg["method"]), set()).add(overrides[1:])
     assert all(len(v) == 1 for v in labels.values()), "two methods share a display name"
+
+
+def test_the_full_scale_fashion_row_differs_from_the_papers_mnist_row_in_the_dataset_only():
+    def composed(experiment: str) -> dict:
+        cfg = OmegaConf.to_container(compose(f"experiment={experiment}", "method=norm_test"), resolve=True)
+        return {k: v for k, v in cfg.items() if k not in ("dataset", "experiment_name")}
+
+    assert composed("fashion_logistic") == composed("mnist_logistic")
+    assert compose("experiment=fashion_logistic").dataset.name == "fashion_mnist"
+
+
+def test_frontier_runs_override_one_plan_key():
+    runs = [r for r in planned_runs("cpu-runs") if any(o.startswith("plan.") for o in r)]
+    assert {o for r in runs for o in r if o.startswith("plan.")} >= {"plan.b0=8", "plan.b0=60000", "plan.eta=0.05"}
+    assert all(sum(o.startswith("plan.") for o in r) == 1 for r in runs)

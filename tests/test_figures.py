@@ -21,10 +21,20 @@ import yaml
 from helpers import ROOT
 from matplotlib.image import imread
 
-from adabatch.analysis import find_run_dirs, group_runs, load_runs
-from adabatch.analysis.aggregate import AXES, method_curves, seed_stat
+from adabatch.analysis import Experiment, Method, find_run_dirs, group_runs, load_runs, write_report
+from adabatch.analysis.aggregate import AXES, CURVE_POINTS, evaluation_thresholds, method_curves, seed_stat
+from adabatch.analysis.figures import curves_figure, frontier_figure
+from adabatch.analysis.frontier import (
+    accuracy_levels,
+    best_final_accuracy,
+    first_step_reaching,
+    frontier_rows,
+    frontier_series,
+    levels_below,
+    percent,
+)
 from adabatch.analysis.runs import method_labels
-from adabatch.analysis.tables import table_rows, write_tables
+from adabatch.analysis.tables import table_rows, write_frontier_tables, write_tables
 
 SCRIPT = ROOT / "scripts" / "make_figures.py"
 SAMPLES, STEPS, WALLCLOCK = AXES
@@ -154,73 +164,207 @@ def test_labels_name_what_differs_and_stay_distinct():
 
 # ---- aggregation ------------------------------------------------------------------------------
 
+# Evaluation points of SCHEDULE: 0, the early points 10, 20, 40, then every 50 samples, and the budget.
+SCHEDULE = {"train__samples": 100, "train__eval_every": 50, "train__eval_first": 10}
+
 
 def two_seeds(tmp_path: Path) -> list:
+    """Two seeds of one method. Seed 1's third step (30 -> 50 samples) passes both 40 and 50 and
+    evaluates once, so it has no evaluation of its own at threshold 40."""
     write_run(
-        tmp_path / "s0", make_config(seed=0), train_records([10, 10, 20, 20, 40], [1.0] * 5, 0.5),
-        eval_records([(0, 0, 0.0), (3, 40, 0.4), (5, 100, 0.6)], train_loss=1.0),
+        tmp_path / "s0", make_config(seed=0, **SCHEDULE), train_records([10, 10, 20, 20, 40], [1.0] * 5, 0.5),
+        eval_records([(0, 0, 0.1), (1, 10, 0.3), (2, 20, 0.5), (3, 40, 0.55), (4, 60, 0.6), (5, 100, 0.7)], 1.0),
     )
     write_run(
-        tmp_path / "s1", make_config(seed=1), train_records([10, 20, 20, 40, 40], [3.0] * 5, 1.0),
-        eval_records([(0, 0, 0.2), (5, 130, 0.8)], train_loss=3.0),
+        tmp_path / "s1", make_config(seed=1, **SCHEDULE), train_records([10, 20, 20, 40, 40], [3.0] * 5, 1.0),
+        eval_records([(0, 0, 0.1), (1, 10, 0.2), (2, 30, 0.4), (3, 50, 0.6), (5, 130, 0.8)], 3.0),
     )
     (experiment,) = group_runs(load_runs([tmp_path]))
     (method,) = experiment.methods
     return method.completed
 
 
-def test_curves_average_seeds_on_a_common_grid_up_to_the_shortest_seed(tmp_path):
+def test_evaluations_are_averaged_evaluation_by_evaluation_where_every_seed_evaluated(tmp_path):
     runs = two_seeds(tmp_path)
-    curves = method_curves(runs, SAMPLES)
+    assert [evaluation_thresholds(run).tolist() for run in runs] == [[0, 10, 20, 40, 50, 100], [0, 10, 20, 50, 100]]
 
-    loss = curves["train_loss"]
-    assert loss.x[-1] == 100  # the grid of every curve ends with the shortest seed
-    np.testing.assert_allclose(loss.mean, 2.0)
-    np.testing.assert_allclose(loss.low, 1.0)
-    np.testing.assert_allclose(loss.high, 3.0)
+    acc = method_curves(runs, SAMPLES)["test_acc"]
+    np.testing.assert_allclose(acc.x, [0, 10, 25, 55, 115])  # mean of the seeds' samples at each evaluation
+    np.testing.assert_allclose(acc.mean, [0.1, 0.25, 0.45, 0.6, 0.75])
+    np.testing.assert_allclose(acc.low, [0.1, 0.2, 0.4, 0.6, 0.7])
+    np.testing.assert_allclose(acc.high, [0.1, 0.3, 0.5, 0.6, 0.8])
+    loss = method_curves(runs, SAMPLES)["train_loss"]
+    np.testing.assert_allclose((loss.mean, loss.low, loss.high), [[2.0] * 5, [1.0] * 5, [3.0] * 5])
 
-    acc = curves["test_acc"]
-    assert acc.x[0] == 0 and acc.x[-1] == 100  # seed 0 ends at 100 samples, seed 1 at 130
-    expected = (np.interp(acc.x, [0, 40, 100], [0.0, 0.4, 0.6]) + np.interp(acc.x, [0, 130], [0.2, 0.8])) / 2
-    np.testing.assert_allclose(acc.mean, expected)
 
-    sizes = curves["batch_size"]
+def test_log_axes_leave_out_the_evaluation_before_training(tmp_path):
+    runs = two_seeds(tmp_path)
+    np.testing.assert_allclose(method_curves(runs, STEPS)["test_acc"].x, [1, 2, 3.5, 5])
+    # Seed 0 takes 0.5 s a step, seed 1 takes 1 s: an evaluation after step k is at k x that.
+    np.testing.assert_allclose(method_curves(runs, WALLCLOCK)["test_acc"].x, [0.75, 1.5, 2.5, 3.75])
+
+
+def test_without_an_evaluation_schedule_the_kth_evaluations_are_averaged(tmp_path):
+    simple_run(tmp_path / "a", seed=0)
+    write_run(tmp_path / "b", make_config(seed=1), train_records([10] * 10, [1.0] * 10),
+              eval_records([(0, 0, 0.3), (5, 50, 0.5), (10, 100, 0.9)]))
+    (experiment,) = group_runs(load_runs([tmp_path]))
+    acc = method_curves(experiment.methods[0].completed, SAMPLES)["test_acc"]
+    np.testing.assert_allclose((acc.x, acc.mean), [[0, 75], [0.2, 0.65]])  # the common prefix: two evaluations
+
+
+def test_batch_size_curves_stay_in_the_recorded_range(tmp_path):
+    runs = two_seeds(tmp_path)
+    sizes = method_curves(runs, SAMPLES)["batch_size"]
+    assert (sizes.x[0], sizes.x[-1]) == (10, 100)  # from the first records to the shortest seed's end
     at = {x: i for i, x in enumerate(sizes.x)}
     point = sizes.x[np.argmin(np.abs(sizes.x - 25))]  # inside seed 0's third step (20..40), seed 1's second (10..30)
     assert (sizes.low[at[point]], sizes.high[at[point]], sizes.mean[at[point]]) == (20, 20, 20)
     assert (sizes.low[0], sizes.high[0]) == (10, 10)
     assert (sizes.low[-1], sizes.high[-1]) == (40, 40)
 
-
-def test_curves_against_steps_and_wallclock(tmp_path):
-    runs = two_seeds(tmp_path)
     steps = method_curves(runs, STEPS)["batch_size"]
     assert steps.x[0] == 1 and steps.x[-1] == pytest.approx(5)  # log-spaced from the first step
     np.testing.assert_allclose(np.diff(np.log(steps.x)), np.log(5) / (len(steps.x) - 1))
     np.testing.assert_allclose(steps.mean[[0, -1]], [10, 40])
 
-    wallclock = method_curves(runs, WALLCLOCK)["test_acc"]
-    assert wallclock.x[-1] == 2.5  # seed 0: 5 steps of 0.5 s
-    # Seed 0 evaluated after step 3 (1.5 s) and step 5 (2.5 s); seed 1 after step 5 (5 s).
-    expected = (np.interp(wallclock.x, [0, 1.5, 2.5], [0.0, 0.4, 0.6]) + np.interp(wallclock.x, [0, 5], [0.2, 0.8])) / 2
-    np.testing.assert_allclose(wallclock.mean, expected)
 
-
-def test_wallclock_curves_when_one_seed_is_done_before_the_others_first_step(tmp_path):
+def test_wallclock_batch_sizes_when_one_seed_is_done_before_the_others_first_step(tmp_path):
     write_run(tmp_path / "fast", make_config(seed=0), train_records([10, 10], [1.0, 1.0], 0.1),
               eval_records([(0, 0, 0.1), (2, 20, 0.5)], train_loss=1.0))
     write_run(tmp_path / "slow", make_config(seed=1), train_records([10, 10], [3.0, 3.0], 1.0),
               eval_records([(0, 0, 0.1), (2, 20, 0.7)], train_loss=3.0))
     (experiment,) = group_runs(load_runs([tmp_path]))
     curves = method_curves(experiment.methods[0].completed, WALLCLOCK)
-    assert curves["train_loss"].x[-1] == pytest.approx(0.2)  # the fast seed is done at 0.2 s
-    np.testing.assert_allclose(curves["train_loss"].mean, 2.0)
+    assert curves["batch_size"].x.tolist() == [0.2]  # the fast seed is done at 0.2 s: a single point
+    np.testing.assert_allclose(curves["test_acc"].x, [1.1])
+
+
+def test_evaluation_curves_plot_the_measured_points_with_markers(tmp_path):
+    runs = two_seeds(tmp_path)
+    (experiment,) = group_runs(runs)
+    one_seed = Experiment("one seed", [Method("s0", runs[0].config, [runs[0]])])
+    colors = {"adagrad norm": (0, 0, 0), "s0": (0, 0, 0)}
+    for shown, steps in ((experiment, [1, 2, 3.5, 5]), (one_seed, [1, 2, 3, 4, 5])):
+        loss_ax, acc_ax, size_ax = curves_figure(shown, STEPS, colors, "t").axes
+        for ax in (loss_ax, acc_ax):
+            (line,) = ax.lines
+            assert line.get_xdata().tolist() == steps  # the evaluations themselves, no grid between them
+            assert line.get_marker() == "o"
+        (size_line,) = size_ax.lines
+        assert len(size_line.get_xdata()) == CURVE_POINTS and size_line.get_marker() == "None"
 
 
 def test_seed_stat_is_mean_and_sample_std():
     stat = seed_stat([10, 14, None])
     assert (stat.mean, stat.n) == (12.0, 2) and stat.std == pytest.approx(statistics.stdev([10, 14]), rel=1e-12)
     assert math.isnan(seed_stat([7]).std) and seed_stat([]).n == 0
+
+
+# ---- the frontier ---------------------------------------------------------------------------------
+
+
+def accuracy_run(run_dir: Path, accuracies: list[tuple[int, float]], status: str = "completed", **dotted) -> Path:
+    """A run evaluated at (step, test accuracy) pairs, 10 samples a step; steps = the last step."""
+    steps = accuracies[-1][0]
+    return write_run(run_dir, make_config(**dotted), train_records([10] * steps, [1.0] * steps),
+                     eval_records([(step, 10 * step, acc) for step, acc in accuracies]), status)
+
+
+CONSTANT = {"name": "constant", "initial": 10, "max": 10}
+
+
+def frontier_experiment(tmp_path: Path):
+    """Constant b=10: final accuracy 84.6% in both seeds, the best; norm η=0.1: one seed reaches 79%,
+    neither 82%. Levels: 84.6 less 5, 2, 1, rounded down: 79, 82, 83."""
+    runs = tmp_path / "runs"
+    accuracy_run(runs / "c0", [(0, 0.1), (2, 0.795), (4, 0.825), (8, 0.846)], batch_size=CONSTANT, seed=0)
+    accuracy_run(runs / "c1", [(0, 0.1), (2, 0.70), (4, 0.82), (8, 0.846)], batch_size=CONSTANT, seed=1)
+    accuracy_run(runs / "n0", [(0, 0.1), (1, 0.5), (3, 0.80), (5, 0.81)], seed=0)
+    accuracy_run(runs / "n1", [(0, 0.1), (1, 0.5), (3, 0.76), (6, 0.78)], seed=1)
+    accuracy_run(runs / "n2", [(0, 0.1), (1, 0.9)], seed=2, status="diverged")  # not averaged
+    (experiment,) = group_runs(load_runs([runs]))
+    return experiment
+
+
+def test_levels_are_the_best_mean_final_accuracy_less_5_2_1_points_rounded_down(tmp_path):
+    assert levels_below(84.6) == (79, 82, 83)
+    assert levels_below(85.0) == (80, 83, 84)
+    assert levels_below(100 * 0.57) == (52, 55, 56)  # 100 x 0.57 is 56.99999999999999; less 5, 51.99999999999999
+    assert accuracy_levels(frontier_experiment(tmp_path / "a")) == (79, 82, 83)
+    # The best *mean*: seeds at 90% and 70% average 80%, below a steady 84.6%.
+    accuracy_run(tmp_path / "b" / "c0", [(0, 0.1), (8, 0.846)], batch_size=CONSTANT)
+    accuracy_run(tmp_path / "b" / "n0", [(0, 0.1), (4, 0.90)], seed=0)
+    accuracy_run(tmp_path / "b" / "n1", [(0, 0.1), (4, 0.70)], seed=1)
+    (experiment,) = group_runs(load_runs([tmp_path / "b"]))
+    assert best_final_accuracy(experiment) == ("constant", 0.846)
+    assert accuracy_levels(experiment) == (79, 82, 83)
+
+
+def test_steps_to_reach_a_level_average_the_seeds_that_reached_it(tmp_path):
+    experiment = frontier_experiment(tmp_path)
+    rows = {row.method: row for row in frontier_rows(experiment)}
+    assert list(rows) == ["constant", "norm"]
+    constant, norm = rows["constant"], rows["norm"]
+    assert [(r.level, r.mean_step, r.reached, r.seeds) for r in constant.reach] == [
+        (79, 3.0, 2, 2), (82, 4.0, 2, 2), (83, 8.0, 2, 2),  # 79%: steps 2 and 4; 82% (exactly 0.82): 4 and 4
+    ]
+    assert [(r.mean_step, r.reached) for r in norm.reach[:1]] == [(3.0, 1)]  # seed 1 peaks at 78%
+    assert all(math.isnan(r.mean_step) and r.reached == 0 for r in norm.reach[1:])
+    assert (norm.seeds, norm.incomplete, norm.steps.mean) == (2, 1, 5.5)  # the diverged seed is not counted
+    (edge,) = load_runs([accuracy_run(tmp_path / "edge", [(0, 0.1), (2, 0.56), (3, 0.57)])])
+    assert first_step_reaching(edge, 57) == 3  # 0.57 x 100 is 56.99999999999999 unrounded
+
+
+def test_frontier_tables_show_the_levels_and_are_byte_identical_when_rewritten(tmp_path):
+    experiment = frontier_experiment(tmp_path)
+    first = write_frontier_tables(experiment, tmp_path / "first")
+    second = write_frontier_tables(frontier_experiment(tmp_path / "again"), tmp_path / "second")
+    assert [path.name for path in first] == ["frontier.csv", "frontier.md"]
+    assert [path.read_bytes() for path in first] == [path.read_bytes() for path in second]
+
+    csv_text = first[0].read_text()
+    assert csv_text.splitlines()[0] == (
+        "method,seeds,incomplete,mean_batch_size_mean,steps_mean,steps_std,final_test_acc_mean,final_test_acc_std,"
+        "best_train_loss_mean,best_train_loss_std,steps_to_79pct_mean,steps_to_79pct_seeds_reached,"
+        "steps_to_82pct_mean,steps_to_82pct_seeds_reached,steps_to_83pct_mean,steps_to_83pct_seeds_reached"
+    )
+    assert csv_text.splitlines()[2] == "norm,2,1,10.0,5.5,0.7071067811865476,0.795,0.021213203435596444,1.0,0.0,3.0,1,,0,,0"
+    markdown = first[1].read_text()
+    assert "| method | seeds | mean batch size | optimizer steps | final test accuracy (%) |" in markdown
+    assert "| constant | 2 | 10.0 | 8 ± 0 | 84.60 ± 0.00 | 1.0000 ± 0.0000 | 3 | 4 | 8 |" in markdown
+    assert "| norm | 2 (+1 incomplete) | 10.0 | 6 ± 1 | 79.50 ± 2.12 | 1.0000 ± 0.0000 | 3 (1/2 seeds) | — | — |" in markdown
+    assert "(84.60%, constant) less 5, 2 and 1 percentage points" in markdown and "upper bound" in markdown
+    assert str(tmp_path) not in markdown + csv_text  # nothing that depends on where the records are
+
+
+def test_series_join_constant_batches_by_b_and_norm_tests_by_eta(tmp_path):
+    for b in (40, 10, 20):
+        accuracy_run(tmp_path / f"b{b}", [(0, 0.1), (4, 0.8)], batch_size={"name": "constant", "initial": b, "max": b})
+    for eta in (0.5, 0.1):
+        accuracy_run(tmp_path / f"eta{eta}", [(0, 0.1), (4, 0.8)], batch_size__eta=eta)
+    accuracy_run(tmp_path / "adam", [(0, 0.1), (4, 0.8)], optimizer={"name": "adam", "lr": 0.001})
+    accuracy_run(tmp_path / "ramp", [(0, 0.1), (4, 0.8)], batch_size={"name": "linear_ramp", "initial": 10})
+    (experiment,) = group_runs(load_runs([tmp_path]))
+    series = frontier_series(experiment.methods)
+    assert [(s.symbol, [s.value(m) for m in s.methods] if s.symbol else len(s.methods)) for s in series] == [
+        (None, 1), ("b", [10, 20, 40]), ("η", [0.1, 0.5]), (None, 1),  # adam's norm test is alone: a single point
+    ]
+    assert [s.label for s in series][1:3] == ["adagrad, constant batch size b", "adagrad (norm test), by η"]
+
+
+def test_frontier_figure_has_a_point_per_method_and_is_written(tmp_path):
+    experiment = frontier_experiment(tmp_path)
+    acc_ax, loss_ax = frontier_figure(experiment, "t").axes[:2]
+    constant, norm = (container.lines[0].get_xydata() for container in acc_ax.containers)
+    np.testing.assert_allclose([*constant, *norm], [[8, 84.6], [5.5, 79.5]])  # mean steps, mean final accuracy (%)
+    assert loss_ax.get_xscale() == "log" and acc_ax.get_xscale() == "log"
+
+    paths = write_report([experiment], tmp_path / "out")
+    figure = tmp_path / "out" / experiment.slug / "frontier.png"
+    assert figure in paths and figure.stat().st_size > 10_000
+    height, width, _ = imread(figure).shape
+    assert 1.5 < width / height < 2.5
 
 
 # ---- tables and the command line ----------------------------------------------------------------
@@ -321,14 +465,15 @@ def test_multirun_table_matches_the_summaries(sweep, report):
 def test_multirun_figures_are_written_and_look_like_three_panels(report):
     out, printed = report
     figures = out / "digits_logistic"
-    names = ["curves_samples.png", "curves_steps.png", "curves_wallclock.png", "test_statistic.png"]
+    names = ["curves_samples.png", "curves_steps.png", "curves_wallclock.png", "frontier.png", "test_statistic.png"]
     for name in names:
         path = figures / name
         assert path.stat().st_size > 10_000, name
         height, width, _ = imread(path).shape
         if name.startswith("curves"):
             assert 2.4 < width / height < 3.6, (name, width, height)
-    expected = {figures / "table.csv", figures / "table.md", out / "index.md", *(figures / n for n in names)}
+    tables = ["table.csv", "table.md", "frontier.csv", "frontier.md"]
+    expected = {out / "index.md", *(figures / n for n in [*tables, *names])}
     assert {Path(line) for line in printed} == expected
 
 

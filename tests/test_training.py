@@ -1,4 +1,5 @@
 import json
+import logging
 import math
 
 import pytest
@@ -6,11 +7,13 @@ import torch
 import yaml
 from helpers import Float64, compose
 
-from adabatch.data import TrainingData, build_augmentation, load_dataset
+from adabatch.data import TrainingData, build_augmentation, load_dataset, sources
+from adabatch.data.stream import IndexStream
 from adabatch.models import build_model
 from adabatch.optim import build_optimizer
 from adabatch.records import read_metrics, read_summary
 from adabatch.step import accumulate_gradient
+from adabatch.milestones import early_evaluation_points
 from adabatch.training import build_experiment, train
 
 TINY = ("device=cpu", "train.eval_every=400", "train.progress_every_s=0")
@@ -113,3 +116,42 @@ def test_every_tested_step_is_on_record_whatever_log_every(tmp_path):
     assert [r["step"] for r in tested] == list(range(1, len(tested) + 1))  # tested until the cap, all on record
     assert all(r["batch_size"] < 16 for r in tested)
     assert records[-1]["step"] == summary["steps"] and not records[-1].get("tested")
+
+
+def test_a_batch_size_above_the_training_set_is_capped_logged_and_recorded(tmp_path, caplog):
+    cfg = compose(*TINY, "train.samples=3000", "batch_size=constant", "batch_size.initial=2000")
+    with caplog.at_level(logging.INFO, logger="adabatch"):
+        summary = train(cfg, tmp_path)
+    assert summary["batch_size_capped_from"] == {"initial": 2000, "max": 2000}
+    assert read_summary(tmp_path)["batch_size_capped_from"] == {"initial": 2000, "max": 2000}
+    assert {r["batch_size"] for r in read_metrics(tmp_path, "train")} == {1437}  # digits' training examples
+    assert "batch_size.initial=2000, batch_size.max=2000 capped at the 1437 training examples" in caplog.text
+
+
+def test_early_evaluations_double_from_eval_first_then_follow_eval_every(tmp_path):
+    cfg = compose(*TINY, "train.samples=1000", "train.eval_first=10", "train.eval_every=200", "batch_size=constant",
+                  "batch_size.initial=4")
+    train(cfg, tmp_path)
+    assert [r["samples"] for r in read_metrics(tmp_path, "eval")] == [0, 12, 20, 40, 80, 160, 200, 400, 600, 800, 1000]
+    assert early_evaluation_points(None, 200) == () and early_evaluation_points(10, 200) == (10, 20, 40, 80, 160)
+
+
+@pytest.mark.skipif(not sources.DEBIAN_FASHION_MNIST_DIR.is_dir(), reason="dataset-fashion-mnist not installed (make data)")
+def test_the_fashion_logistic_adadagrad_run_draws_batches_of_distinct_examples(tmp_path, monkeypatch):
+    """The committed run's first 500k samples (seed 0): its batch grows to b_max = N = 60000 within a few
+    steps, so batches start mid-epoch and straddle epochs. Checked where batches are made, in the stream."""
+    sizes = []
+    take = IndexStream.take
+
+    def checked_take(stream, count):
+        batch = take(stream, count)
+        assert batch.unique().numel() == count == len(batch), f"a batch of {count} repeats an example"
+        sizes.append(count)
+        return batch
+
+    monkeypatch.setattr(IndexStream, "take", checked_take)
+    cfg = compose("experiment=fashion_logistic", "method=norm_test", "optimizer=adagrad", "seed=0", "device=cpu",
+                  "train.samples=500000", "train.progress_every_s=0")
+    train(cfg, tmp_path)
+    assert sizes[0] == 2 and max(sizes) == 60000 and sum(sizes) % 60000 != 0
+    assert all(sizes[r["step"] - 1] == r["batch_size"] for r in read_metrics(tmp_path, "train"))

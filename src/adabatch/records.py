@@ -4,9 +4,13 @@
     <run_dir>/metrics.jsonl  one JSON object per line; "kind" is "train" or "eval"
     <run_dir>/summary.json   written at the end (atomically)
     <run_dir>/model.pt       the final model's state_dict (torch.save), written just before the summary
+
+A finished run's metrics.jsonl may be kept gzipped as metrics.jsonl.gz (how results/ commits them);
+readers take either.
 """
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import tempfile
@@ -21,6 +25,7 @@ CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
 MODEL_FILE = "model.pt"
+PACKED_METRICS_FILE = METRICS_FILE + ".gz"
 
 
 def write_atomic(path: Path, content: str | Callable[[IO[bytes]], None]) -> None:
@@ -82,7 +87,9 @@ class RunRecords:
 
 
 def read_metrics(run_dir: str | Path, kind: str | None = None) -> Iterator[dict[str, Any]]:
-    with open(Path(run_dir) / METRICS_FILE) as f:
+    path = Path(run_dir) / METRICS_FILE
+    packed = path.with_name(PACKED_METRICS_FILE)
+    with (gzip.open(packed, "rt") if packed.exists() and not path.exists() else open(path)) as f:
         for line in f:
             record = json.loads(line)
             if kind is None or record.get("kind") == kind:
@@ -91,3 +98,16 @@ def read_metrics(run_dir: str | Path, kind: str | None = None) -> Iterator[dict[
 
 def read_summary(run_dir: str | Path) -> dict[str, Any]:
     return json.loads((Path(run_dir) / SUMMARY_FILE).read_text())
+
+
+def pack_metrics(run_dir: str | Path) -> Path:
+    """Gzip a finished run's metrics.jsonl into metrics.jsonl.gz (no name or time in the header, so the
+    same records always give the same bytes) and remove the original."""
+    path = Path(run_dir) / METRICS_FILE
+    packed = path.with_name(PACKED_METRICS_FILE)
+    with open(path, "rb") as source, open(packed, "wb") as raw, gzip.GzipFile(
+        filename="", fileobj=raw, mode="wb", compresslevel=9, mtime=0
+    ) as target:
+        target.write(source.read())
+    path.unlink()
+    return packed

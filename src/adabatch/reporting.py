@@ -61,6 +61,11 @@ class Reporter:
         if self.progress is not None:
             self.progress.update(record)
 
+    def note(self, message: str) -> None:
+        """A line for the log (and the console), not for the records."""
+        if self.progress is not None:
+            self.progress.note(message)
+
     def evaluation(self, **fields: Any) -> None:
         record = {"kind": "eval", **fields}
         self.evals.append(record)

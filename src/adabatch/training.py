@@ -12,13 +12,14 @@ import torch
 from omegaconf import DictConfig
 from torch.nn.parallel import DistributedDataParallel
 
-from .batch_size import AdaptiveTest, BatchSizePolicy, build_policy
+from .batch_size import AdaptiveTest, BatchSizePolicy, build_policy, cap_batch_sizes
 from .checkpoint import (
     CHECKPOINT_FILE, how_to_start, load_checkpoint, remove_temporary_files, restore, write_checkpoint,
 )
 from .data import ArrayDataset, Batch, TrainingData, build_augmentation, evaluation_batches, load_dataset, plan_layout
 from .device import autocast, resolve_device
 from .distributed import SINGLE_PROCESS, World
+from .milestones import crossed, early_evaluation_points, evaluation_due
 from .models import build_model
 from .optim import build_optimizer
 from .preemption import PREEMPTED_EXIT_CODE, StopRequest
@@ -45,6 +46,7 @@ class Experiment:
     policy: BatchSizePolicy
     engine: StatisticsEngine | None  # per-example statistics, for the adaptive tests only
     autocast: contextlib.AbstractContextManager
+    capped_batch_sizes: dict[str, Any]  # {batch_size key: value asked for} where it exceeded the training set
 
 
 def build_experiment(cfg: DictConfig, world: World = SINGLE_PROCESS) -> Experiment:
@@ -57,7 +59,9 @@ def build_experiment(cfg: DictConfig, world: World = SINGLE_PROCESS) -> Experime
     options = {k: v for k, v in plain(cfg.model).items() if k not in MODEL_KEYS_NOT_OPTIONS}
     model = build_model(cfg.model.name, dataset.input_shape, dataset.num_classes, norm=cfg.model.norm, **options)
     model = model.to(device)
-    policy = build_policy(plain(cfg.batch_size), budget=cfg.train.samples)
+    population = dataset.num_train
+    batch_options, capped = cap_batch_sizes(plain(cfg.batch_size), population)  # batches hold distinct examples
+    policy = build_policy(batch_options, budget=cfg.train.samples, population=population)
     engine = None
     if isinstance(policy, AdaptiveTest):
         engine = build_engine(cfg.batch_size.engine, model)  # on the bare model: tested steps reduce their own sums
@@ -76,6 +80,7 @@ def build_experiment(cfg: DictConfig, world: World = SINGLE_PROCESS) -> Experime
         policy=policy,
         engine=engine,
         autocast=autocast(device, cfg.train.precision),
+        capped_batch_sizes=capped,
     )
 
 
@@ -110,11 +115,6 @@ class LoopState:
     resumes: int = 0
 
 
-def crossed(before: int, after: int, every: int) -> bool:
-    """Whether going from `before` to `after` samples passed a multiple of `every`."""
-    return after // every > before // every
-
-
 def divergence(train_loss: float, statistics: BatchStatistics | None) -> str | None:
     if not math.isfinite(train_loss):
         return f"the training loss is {train_loss}"
@@ -132,7 +132,10 @@ def train(cfg: DictConfig, run_dir: Path, world: World = SINGLE_PROCESS) -> dict
     if start == "ended":
         return {**read_summary(run_dir), "already_ended": True}
     exp = build_experiment(cfg, world)
+    # Read once: an OmegaConf access resolves interpolations each time, which costs more than a small step.
     budget, eval_every, max_micro = cfg.train.samples, cfg.train.eval_every, cfg.batch_size.max_micro
+    checkpoint_every = cfg.train.checkpoint_every
+    early_evaluations = early_evaluation_points(cfg.train.eval_first, eval_every)
     base_lrs = [group["lr"] for group in exp.optimizer.param_groups]
     checkpoint = load_checkpoint(run_dir) if start == "resume" else None
     if world.is_main:
@@ -158,9 +161,13 @@ def train(cfg: DictConfig, run_dir: Path, world: World = SINGLE_PROCESS) -> dict
     def summary(status: str, **fields: Any) -> dict[str, Any]:
         return reporter.finish(
             status=status, steps=loop.step, samples=loop.samples, train_time_s=loop.train_time,
-            wall_time_s=wall_time(), world_size=world.size, resumes=loop.resumes, **fields,
+            wall_time_s=wall_time(), world_size=world.size, resumes=loop.resumes, **capped_from, **fields,
         )
 
+    capped_from = {"batch_size_capped_from": exp.capped_batch_sizes} if exp.capped_batch_sizes else {}
+    if exp.capped_batch_sizes:
+        asked = ", ".join(f"batch_size.{key}={value}" for key, value in exp.capped_batch_sizes.items())
+        reporter.note(f"{asked} capped at the {exp.dataset.num_train} training examples: a batch holds distinct examples")
     if checkpoint is not None:
         restore(exp, checkpoint)
         loop = LoopState(**checkpoint["loop"])
@@ -201,10 +208,10 @@ def train(cfg: DictConfig, run_dir: Path, world: World = SINGLE_PROCESS) -> dict
                 micro_batch_size=layout.micro_batch_size, accumulation=layout.accumulation, lr=lr,
                 train_loss=train_loss, time_s=loop.train_time, next_batch_size=loop.batch_size, **decision.record,
             )
-            if crossed(before, loop.samples, eval_every) or loop.samples >= budget:
+            if evaluation_due(before, loop.samples, eval_every, early_evaluations) or loop.samples >= budget:
                 run_evaluation(loop.step, loop.samples)
             stopping = world.any(bool(stop))
-            if stopping or (crossed(before, loop.samples, cfg.train.checkpoint_every) and loop.samples < budget):
+            if stopping or (crossed(before, loop.samples, checkpoint_every) and loop.samples < budget):
                 loop.wall_time = wall_time()
                 write_checkpoint(exp, loop, reporter, run_dir)
             if stopping:

@@ -45,6 +45,8 @@ def _check(cfg: DictConfig, world: World) -> None:
     train = cfg.train
     for key in ("samples", "eval_every", "eval_batch_size", "log_every", "checkpoint_every"):
         at_least(f"train.{key}", train[key], 1)
+    if train.eval_first is not None:
+        at_least("train.eval_first", train.eval_first, 1)
     if train.eval_train_examples is not None:
         at_least("train.eval_train_examples", train.eval_train_examples, 0)
     if not train.progress_every_s >= 0:

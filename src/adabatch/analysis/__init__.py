@@ -1,12 +1,13 @@
 """Figures and tables from run records: find runs, group them into methods, write one figure set
-and one table per experiment, and an index linking them all."""
+and two tables (the summary, and the steps-accuracy frontier) per experiment, and an index linking
+them all."""
 from __future__ import annotations
 
 from pathlib import Path
 
 from .figures import write_figures
 from .runs import Experiment, Method, Run, find_run_dirs, group_runs, load_runs
-from .tables import write_index, write_tables
+from .tables import write_frontier_tables, write_index, write_tables
 
 __all__ = [
     "Experiment", "Method", "Run", "find_run_dirs", "group_runs", "load_runs", "write_report",
@@ -23,6 +24,7 @@ def write_report(experiments: list[Experiment], out_dir: Path, title: str | None
         target = out_dir / experiment.slug
         outputs[experiment.name] = [
             *write_tables(experiment, target),
+            *write_frontier_tables(experiment, target),
             *write_figures(experiment, target, f"{title} — {experiment.name}" if title else experiment.name),
         ]
     index = write_index(title or "Results", outputs, out_dir)

@@ -1,21 +1,28 @@
-"""A method's seeds brought onto a common x grid (curves) and reduced to mean and spread.
+"""A method's seeds brought onto a common x (curves) and reduced to mean and spread.
 
-Every curve of a method ends where its shortest seed ends, so the mean is over all seeds at every
-point. Training loss (on a fixed set of training examples) and test accuracy, measured at
-evaluations, are interpolated linearly between them; batch sizes are step functions (the size of
-the step in progress at x).
+Quantities measured at evaluations (test accuracy, and the loss on a fixed set of training examples)
+are averaged evaluation by evaluation: the k-th evaluation of every seed is triggered by the same
+sample threshold, so its mean is taken over the seeds' values there, at the mean of their x. Nothing
+is drawn between evaluations but the straight line joining them. Batch sizes, recorded densely with
+the training steps, are step functions (the size of the step in progress at x) on a grid that covers
+the range every seed recorded.
 """
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import reduce
 
 import numpy as np
+
+from adabatch.milestones import early_evaluation_points
 
 from .runs import Run
 
 CURVE_POINTS = 200
+# Curves taken from evaluation records (curve name -> field): measured points, drawn with markers.
+EVALUATED = {"train_loss": "train_eval_loss", "test_acc": "test_acc"}
 
 
 @dataclass(frozen=True)
@@ -31,7 +38,7 @@ AXES = (
     Axis("step", "optimizer steps (log scale)", "steps", log=True),
     Axis("time_s", "training wall-clock (s, log scale)", "wallclock", log=True),
 )
-SAMPLES = AXES[0]
+SAMPLES, STEPS = AXES[0], AXES[1]
 
 
 @dataclass(frozen=True)
@@ -42,6 +49,9 @@ class Band:
     mean: np.ndarray
     low: np.ndarray
     high: np.ndarray
+
+    def where(self, keep: np.ndarray) -> Band:
+        return Band(self.x[keep], self.mean[keep], self.low[keep], self.high[keep])
 
 
 @dataclass(frozen=True)
@@ -83,30 +93,63 @@ def eval_x(run: Run, axis: Axis) -> np.ndarray:
     return np.interp(column(run.eval_records, "step"), steps, times)
 
 
+def evaluation_thresholds(run: Run) -> np.ndarray:
+    """The sample threshold behind each of the run's evaluations: the largest evaluation point (0, an
+    early point, a multiple of train.eval_every, the budget) at or below the evaluation's sample count.
+
+    This names the same evaluation in every seed even when a seed's large step passed two points at
+    once and evaluated once for both. Without an evaluation schedule in the config, the k-th
+    evaluation has threshold k.
+    """
+    samples = column(run.eval_records, "samples")
+    train = run.config.get("train") or {}
+    every, budget = train.get("eval_every"), train.get("samples")
+    if not every:
+        return np.arange(samples.size, dtype=float)
+    early = np.array([0, *early_evaluation_points(train.get("eval_first"), every)], dtype=float)
+    thresholds = np.maximum(early[np.searchsorted(early, samples, side="right") - 1], samples // every * every)
+    return np.where(samples >= budget, budget, thresholds) if budget else thresholds
+
+
+def evaluation_curve(runs: list[Run], axis: Axis, key: str) -> Band:
+    """`key` of the evaluation records, mean and range over seeds at each evaluation all seeds made.
+
+    x is the mean of the seeds' x at that evaluation. A log axis cannot show x = 0 (the evaluation
+    before training): that point is left out.
+    """
+    thresholds = [evaluation_thresholds(run) for run in runs]
+    shared = reduce(np.intersect1d, thresholds)
+    kept = [np.isin(run_thresholds, shared) for run_thresholds in thresholds]
+    x = np.mean([eval_x(run, axis)[keep] for run, keep in zip(runs, kept)], axis=0)
+    curve = band(x, [column(run.eval_records, key)[keep] for run, keep in zip(runs, kept)])
+    return curve.where(curve.x > 0) if axis.log else curve
+
+
+def recorded_grid(runs: list[Run], axis: Axis) -> np.ndarray:
+    """CURVE_POINTS points from the latest first training record of the seeds to the earliest last one;
+    a single point where that range is one point (a run short enough to have one training record)."""
+    start = max(train_x(run, axis)[0] for run in runs)
+    end = min(train_x(run, axis)[-1] for run in runs)
+    if start >= end:  # or a seed is done before another's first record (wall-clock)
+        return np.array([end])
+    return np.geomspace(start, end, CURVE_POINTS) if axis.log else np.linspace(start, end, CURVE_POINTS)
+
+
 def value_in_progress(x: np.ndarray, y: np.ndarray, grid: np.ndarray) -> np.ndarray:
     """y of the record whose step is under way at each grid point: the first record with x >= point."""
     return y[np.minimum(np.searchsorted(x, grid, side="left"), len(y) - 1)]
 
 
+def batch_size_curve(runs: list[Run], axis: Axis) -> Band:
+    grid = recorded_grid(runs, axis)
+    sizes = [value_in_progress(train_x(run, axis), column(run.train_records, "batch_size"), grid) for run in runs]
+    return band(grid, sizes)
+
+
 def method_curves(runs: list[Run], axis: Axis) -> dict[str, Band]:
-    """Training loss, test accuracy (both from the evaluations) and batch size of completed runs against `axis`."""
-    end = min(train_x(run, axis)[-1] for run in runs)
-    if axis.log:
-        start = min(max(train_x(run, axis)[0] for run in runs), end)  # every seed's first step is done
-        grid = np.geomspace(start, end, CURVE_POINTS)
-    else:
-        grid = np.linspace(0.0, end, CURVE_POINTS)
-
-    def at_evaluations(key: str) -> Band:
-        return band(grid, [np.interp(grid, eval_x(run, axis), column(run.eval_records, key)) for run in runs])
-
-    return {
-        "train_loss": at_evaluations("train_eval_loss"),
-        "test_acc": at_evaluations("test_acc"),
-        "batch_size": band(grid, [
-            value_in_progress(train_x(run, axis), column(run.train_records, "batch_size"), grid) for run in runs
-        ]),
-    }
+    """Training loss and test accuracy (at evaluations) and batch size of completed runs against `axis`."""
+    curves = {name: evaluation_curve(runs, axis, key) for name, key in EVALUATED.items()}
+    return {**curves, "batch_size": batch_size_curve(runs, axis)}
 
 
 def tested_sides(run: Run, lhs: str, rhs: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

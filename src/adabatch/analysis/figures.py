@@ -1,18 +1,22 @@
-"""PNG figures of one experiment: curves against samples, steps and wall-clock, and the two sides of
-each adaptive test. Built on matplotlib.figure.Figure (no pyplot state), so any backend works."""
+"""PNG figures of one experiment: curves against samples, steps and wall-clock, the frontier (final
+accuracy and training loss against steps, one point per method), and the two sides of each adaptive
+test. Built on matplotlib.figure.Figure (no pyplot state), so any backend works."""
 from __future__ import annotations
 
+import itertools
 import math
 from pathlib import Path
 
 import matplotlib
 import numpy as np
 from matplotlib.axes import Axes
+from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, LogFormatter, LogLocator, NullFormatter
 
-from .aggregate import AXES, SAMPLES, Axis, method_curves, tested_sides
+from .aggregate import AXES, EVALUATED, SAMPLES, STEPS, Axis, Band, method_curves, tested_sides
+from .frontier import Series, Spread, frontier_series, method_point
 from .runs import Experiment, Method
 
 DPI = 150
@@ -20,7 +24,20 @@ PANEL_SIZE = (5.0, 4.2)  # inches per panel
 MIN_WIDTH = 8.0  # inches; room for the legend under a single panel
 LEGEND_COLUMN_WIDTH = 3.5  # inches per legend column, enough for a label of about 40 characters
 MARKERS_UP_TO = 50  # points per line; sparser test records get markers so single points show
-BAND_NOTE = "line: mean over seeds (n), band: min–max over seeds"
+BAND_NOTE = (
+    "markers: evaluations, each the mean over the n seeds of that evaluation; "
+    "batch size: mean over seeds; bands: min–max over seeds"
+)
+FRONTIER_NOTE = "point: mean over completed seeds (n); bars: min–max over seeds, in steps and in y"
+SINGLE_MARKERS = ("s", "^", "D", "v", "P", "X", "h", "*")  # methods outside a series; series use "o"
+FRONTIER_PANELS = ("final_test_acc", "best_train_loss")
+ANNOTATION_SIZE = 8.5  # points
+ANNOTATION_OFFSET = 7  # points between a point and its label
+LABEL_PAD = 2  # points kept clear around a label's estimated extent
+# Where a label may go, in order of preference: right, above, below, left, then the diagonals.
+LABEL_DIRECTIONS = [
+    np.array(d) / np.hypot(*d) for d in ((1, 0), (0, 1), (0, -1), (-1, 0), (1, 1), (1, -1), (-1, 1), (-1, -1))
+]
 
 # The panels of each adaptive test: (title, left-side key, right-side key).
 TEST_PANELS: dict[str, list[tuple[str, str, str]]] = {
@@ -36,13 +53,16 @@ TEST_PANELS: dict[str, list[tuple[str, str, str]]] = {
 }
 
 
+def palette(count: int) -> list[tuple]:
+    """`count` distinct colors: tab10's up to ten, else spread over turbo."""
+    if count <= 10:
+        return [tuple(color) for color in matplotlib.colormaps["tab10"].colors[:count]]
+    return [tuple(color) for color in matplotlib.colormaps["turbo"](np.linspace(0.05, 0.95, count))]
+
+
 def method_colors(methods: list[Method]) -> dict[str, tuple]:
-    """One color per method label, in method order, shared by all figures of an experiment."""
-    if len(methods) <= 10:
-        palette = matplotlib.colormaps["tab10"].colors
-    else:
-        palette = matplotlib.colormaps["turbo"](np.linspace(0.05, 0.95, len(methods)))
-    return {method.label: tuple(palette[i]) for i, method in enumerate(methods)}
+    """One color per method label, in method order, shared by the curve figures of an experiment."""
+    return dict(zip((method.label for method in methods), palette(len(methods))))
 
 
 def legend_columns(fig_width: float) -> int:
@@ -89,6 +109,15 @@ def add_legend(fig: Figure, handles: list, labels: list[str], title: str) -> Non
     fig.legend(handles, labels, loc="outside lower center", ncols=ncols, title=title, frameon=False)
 
 
+def draw_curve(ax: Axes, curve: Band, color: tuple, measured: bool) -> Line2D:
+    """The mean as a line and the seeds' range as a band; `measured` points (evaluations) get a marker
+    each, and the line only joins them. A curve of one point is a marker too, or it would not show."""
+    marker = {"marker": "o", "markersize": 3} if measured or curve.x.size == 1 else {}
+    (line,) = ax.plot(curve.x, curve.mean, color=color, linewidth=1.4, **marker)
+    ax.fill_between(curve.x, curve.low, curve.high, color=color, alpha=0.2, linewidth=0)
+    return line
+
+
 def curves_figure(experiment: Experiment, axis: Axis, colors: dict[str, tuple], title: str) -> Figure:
     methods = [method for method in experiment.methods if method.completed]
     fig, (loss_ax, acc_ax, size_ax) = panel_figure(3, len(methods))
@@ -97,10 +126,9 @@ def curves_figure(experiment: Experiment, axis: Axis, colors: dict[str, tuple], 
         curves = method_curves(method.completed, axis)
         color = colors[method.label]
         for ax, key in ((loss_ax, "train_loss"), (acc_ax, "test_acc"), (size_ax, "batch_size")):
-            curve = curves[key]
-            (line,) = ax.plot(curve.x, curve.mean, color=color, linewidth=1.6)
-            ax.fill_between(curve.x, curve.low, curve.high, color=color, alpha=0.2, linewidth=0)
-        handles.append(line)
+            line = draw_curve(ax, curves[key], color, measured=key in EVALUATED)
+            if key == "test_acc":
+                handles.append(line)
         labels.append(f"{method.label} (n={len(method.completed)})")
     plain_log_axis(loss_ax)
     loss_ax.set_title("training loss (fixed training examples, at evaluations)", fontsize=10)
@@ -119,6 +147,115 @@ def curves_figure(experiment: Experiment, axis: Axis, colors: dict[str, tuple], 
         ax.grid(alpha=0.3)
     fig.suptitle(f"{title}: against {axis.label}")
     add_legend(fig, handles, labels, BAND_NOTE)
+    return fig
+
+
+def spread_errors(points: list[Spread]) -> np.ndarray:
+    """Error bar lengths below and above each mean (errorbar's 2 x N form): min to max over seeds."""
+    return np.array([[p.mean - p.low for p in points], [p.high - p.mean for p in points]])
+
+
+def series_means(series: Series, key: str) -> np.ndarray:
+    """(mean steps, mean `key`) of each method of the series, one row each."""
+    points = [method_point(method) for method in series.methods]
+    return np.array([[point["steps"].mean, point[key].mean] for point in points])
+
+
+def draw_series(ax: Axes, series: Series, key: str, color: tuple, marker: str):
+    """The series' methods at (mean steps, mean `key`) with min–max bars; joined when a series."""
+    points = [method_point(method) for method in series.methods]
+    return ax.errorbar(
+        [p["steps"].mean for p in points], [p[key].mean for p in points],
+        xerr=spread_errors([p["steps"] for p in points]), yerr=spread_errors([p[key] for p in points]),
+        color=color, marker=marker, markersize=6, linestyle="-" if series.symbol else "none", linewidth=1.4,
+        elinewidth=1.0, capsize=2.5,
+    )
+
+
+def points_along(xy: np.ndarray) -> np.ndarray:
+    """Points along the segments joining consecutive rows of xy (display coordinates), ends included."""
+    along = np.linspace(0, 1, 8)[:, None, None]
+    return (xy[:-1] * (1 - along) + xy[1:] * along).reshape(-1, 2)
+
+
+def drawn_points(ax: Axes) -> np.ndarray:
+    """Display coordinates of points on everything drawn in ax: lines (markers and their segments) and
+    line collections (error bars)."""
+    pieces = []
+    for line in ax.lines:
+        xy = ax.transData.transform(line.get_xydata())
+        pieces.append(points_along(xy) if len(xy) > 1 and line.get_linestyle() != "None" else xy)
+    for collection in ax.collections:
+        if isinstance(collection, LineCollection):
+            pieces += [points_along(ax.transData.transform(segment)) for segment in collection.get_segments()]
+    return np.vstack(pieces)
+
+
+def label_box(ax: Axes, xy: np.ndarray, direction: np.ndarray, text: str) -> tuple[np.ndarray, np.ndarray]:
+    """Center and half size (display units) of `text` set off from the point xy towards `direction`."""
+    pixels = ax.figure.dpi / 72
+    half = (np.array([0.3 * ANNOTATION_SIZE * len(text), 0.6 * ANNOTATION_SIZE]) + LABEL_PAD) * pixels
+    return xy + direction * ANNOTATION_OFFSET * pixels + np.sign(direction.round(1)) * half, half
+
+
+def crowding(ax: Axes, center: np.ndarray, half: np.ndarray, obstacles: np.ndarray) -> tuple[bool, int]:
+    """How bad a label box is: whether it leaves the axes, then how many obstacles it covers."""
+    outside = np.any(center - half < ax.bbox.min) or np.any(center + half > ax.bbox.max)
+    return bool(outside), int(np.all(np.abs(obstacles - center) <= half, axis=1).sum())
+
+
+def annotate_series(ax: Axes, series: Series, key: str, color: tuple, taken: list[np.ndarray]) -> None:
+    """Label each point with its value, on whichever of eight sides its label leaves the axes least and
+    covers the fewest drawn points and labels placed before it (in `taken`, to which it adds its own).
+    Matplotlib does not place labels itself, and points of two series often lie close together."""
+    means = series_means(series, key)
+    for method, point, xy in zip(series.methods, means, ax.transData.transform(means)):
+        text = f"{series.symbol}={series.value(method):g}"
+        obstacles = np.vstack([drawn_points(ax), *taken])
+        direction = min(LABEL_DIRECTIONS, key=lambda d: crowding(ax, *label_box(ax, xy, d, text), obstacles))
+        center, half = label_box(ax, xy, direction, text)
+        taken.append(center + half * np.array([[x, y] for x in (-1, 0, 1) for y in (-1, 0, 1)]))
+        ha = {-1: "right", 0: "center", 1: "left"}[int(np.sign(direction[0].round(1)))]
+        va = {-1: "top", 0: "center", 1: "bottom"}[int(np.sign(direction[1].round(1)))]
+        ax.annotate(
+            text, point, xytext=direction * ANNOTATION_OFFSET, textcoords="offset points",
+            ha=ha, va=va, fontsize=ANNOTATION_SIZE, color=color, in_layout=False,
+        )
+
+
+def frontier_figure(experiment: Experiment, title: str) -> Figure:
+    """Final test accuracy and best training loss against optimizer steps, one point per method."""
+    series = frontier_series([method for method in experiment.methods if method.completed])
+    colors = palette(len(series))
+    fig, axes = panel_figure(2, len(series))
+    singles = itertools.cycle(SINGLE_MARKERS)
+    handles, labels = [], []
+    for entry, color in zip(series, colors):
+        marker = "o" if entry.symbol else next(singles)
+        for ax, key in zip(axes, FRONTIER_PANELS):
+            drawn = draw_series(ax, entry, key, color, marker)
+        handles.append(drawn)
+        seeds = sorted({len(method.completed) for method in entry.methods})
+        labels.append(f"{entry.label} (n={'/'.join(map(str, seeds))})")
+    acc_ax, loss_ax = axes
+    acc_ax.set_title("final test accuracy", fontsize=10)
+    acc_ax.set_ylabel("final test accuracy (%)")
+    plain_log_axis(loss_ax)
+    loss_ax.set_title("best training loss (fixed training examples, at evaluations)", fontsize=10)
+    loss_ax.set_ylabel("best training loss (log scale)")
+    for ax in axes:
+        ax.set_xscale("log")
+        ax.margins(0.08)  # room for the labels of the outermost points
+        ax.set_xlabel(STEPS.label)
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"{title}: final accuracy and training loss against optimizer steps")
+    add_legend(fig, handles, labels, FRONTIER_NOTE)
+    fig.draw_without_rendering()  # lays the figure out: labels are placed where the points finally are
+    for ax, key in zip(axes, FRONTIER_PANELS):
+        taken: list[np.ndarray] = []
+        for entry, color in zip(series, colors):
+            if entry.symbol:
+                annotate_series(ax, entry, key, color, taken)
     return fig
 
 
@@ -181,6 +318,7 @@ def write_figures(experiment: Experiment, out_dir: Path, title: str) -> list[Pat
     written = [
         save(curves_figure(experiment, axis, colors, title), out_dir / f"curves_{axis.name}.png") for axis in AXES
     ]
+    written.append(save(frontier_figure(experiment, title), out_dir / "frontier.png"))
     test_figure = statistic_figure(experiment, colors, title)
     if test_figure is not None:
         written.append(save(test_figure, out_dir / "test_statistic.png"))

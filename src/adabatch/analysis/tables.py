@@ -1,7 +1,10 @@
 """Per-experiment tables (CSV and Markdown, one row per method) and the index of all outputs.
 
-Rows keep the methods' order (first run found first). Each number is the mean and sample standard
-deviation over the method's completed runs; incomplete runs are counted but not averaged.
+table.*: rows keep the methods' order (first run found first). frontier.*: rows go series by series
+(constant batches by b, norm tests by η), with the steps each method took to reach three accuracy
+levels. Each number is the mean and sample standard deviation over the method's completed runs;
+incomplete runs are counted but not averaged. Both are deterministic: the same records give the same
+bytes (no paths, no times, floats written by repr or a fixed format).
 """
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .aggregate import Stat, seed_stat
+from .frontier import FrontierRow, Reach, accuracy_levels, best_final_accuracy, frontier_rows
 from .runs import Experiment, Method
 
 
@@ -72,7 +76,7 @@ def markdown_cell(stat: Stat, fmt: str) -> str:
     return f"{stat.mean:{fmt}} ± {stat.std:{fmt}}"
 
 
-def seeds_cell(row: Row) -> str:
+def seeds_cell(row: Row | FrontierRow) -> str:
     return f"{row.seeds} (+{row.incomplete} incomplete)" if row.incomplete else str(row.seeds)
 
 
@@ -107,6 +111,85 @@ def write_tables(experiment: Experiment, out_dir: Path) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = table_rows(experiment)
     return [write_csv(rows, out_dir / "table.csv"), write_markdown(experiment, rows, out_dir / "table.md")]
+
+
+def reach_columns(level: int) -> list[str]:
+    return [f"steps_to_{level}pct_mean", f"steps_to_{level}pct_seeds_reached"]
+
+
+def write_frontier_csv(rows: list[FrontierRow], levels: tuple[int, ...], path: Path) -> Path:
+    header = ["method", "seeds", "incomplete", "mean_batch_size_mean"]
+    header += [f"{key}_{part}" for key in ("steps", "final_test_acc", "best_train_loss") for part in ("mean", "std")]
+    header += [name for level in levels for name in reach_columns(level)]
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(header)
+        for row in rows:
+            stats = (row.steps, row.final_test_acc, row.best_train_loss)
+            numbers = [csv_number(getattr(stat, part)) for stat in stats for part in ("mean", "std")]
+            reached = [cell for r in row.reach for cell in (csv_number(r.mean_step), r.reached)]
+            writer.writerow([row.method, row.seeds, row.incomplete, csv_number(row.mean_batch_size.mean), *numbers,
+                             *reached])
+    return path
+
+
+def as_percent(stat: Stat) -> Stat:
+    return Stat(100 * stat.mean, 100 * stat.std, stat.n)
+
+
+def reach_cell(reach: Reach) -> str:
+    if reach.reached == 0:
+        return "—"
+    steps = f"{reach.mean_step:,.0f}"
+    return steps if reach.reached == reach.seeds else f"{steps} ({reach.reached}/{reach.seeds} seeds)"
+
+
+def frontier_note(experiment: Experiment, levels: tuple[int, ...]) -> str:
+    label, accuracy = best_final_accuracy(experiment)
+    shown = ", ".join(f"{level}%" for level in levels)
+    return (
+        "One row per method; constant batch sizes in order of b, norm tests in order of η. Over the "
+        "completed seeds of each method:\n\n"
+        "- **seeds**: completed seeds averaged (incomplete runs are not);\n"
+        "- **mean batch size**: samples per optimizer step (samples / steps), mean over seeds;\n"
+        "- **optimizer steps**, **final test accuracy** (at the end of training) and **best training loss** "
+        "(the lowest loss on the fixed training examples over the run's evaluations): mean ± sample "
+        "standard deviation (ddof=1) over seeds; a single seed shows its value alone;\n"
+        "- **steps to X%**: for each seed, the step of its first evaluation with test accuracy ≥ X%, "
+        "averaged over the seeds that reached X; *k/n seeds* when only k of the n did, — when none did. "
+        "Evaluations are sparse (log-spaced early on, then every `train.eval_every` samples), so a seed "
+        "reached X at or before that step: each value is an upper bound.\n\n"
+        f"The levels X ({shown}) are the best mean final test accuracy over the methods "
+        f"({100 * accuracy:.2f}%, {label}) less 5, 2 and 1 percentage points, rounded down to a whole percent."
+    )
+
+
+def write_frontier_markdown(experiment: Experiment, rows: list[FrontierRow], levels: tuple[int, ...],
+                            path: Path) -> Path:
+    header = ["method", "seeds", "mean batch size", "optimizer steps", "final test accuracy (%)",
+              "best training loss", *(f"steps to {level}%" for level in levels)]
+    cells = [
+        [
+            row.method, seeds_cell(row),
+            "—" if row.mean_batch_size.n == 0 else f"{row.mean_batch_size.mean:,.1f}",
+            markdown_cell(row.steps, ",.0f"), markdown_cell(as_percent(row.final_test_acc), ".2f"),
+            markdown_cell(row.best_train_loss, ".4f"), *(reach_cell(reach) for reach in row.reach),
+        ]
+        for row in rows
+    ]
+    parts = [f"# {experiment.name}: steps to accuracy", frontier_note(experiment, levels), markdown_table(header, cells)]
+    path.write_text("\n\n".join(parts) + "\n")
+    return path
+
+
+def write_frontier_tables(experiment: Experiment, out_dir: Path) -> list[Path]:
+    """frontier.csv and frontier.md of an experiment with at least one completed run."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows, levels = frontier_rows(experiment), accuracy_levels(experiment)
+    return [
+        write_frontier_csv(rows, levels, out_dir / "frontier.csv"),
+        write_frontier_markdown(experiment, rows, levels, out_dir / "frontier.md"),
+    ]
 
 
 def write_index(title: str, outputs: dict[str, list[Path]], out_dir: Path) -> Path:

@@ -3,6 +3,11 @@
 Each test compares a variance term (left side, already divided by b) with a multiple of the batch
 gradient's size (right side); its proposal T is the batch size that balances them, and the next size
 is min(max, ceil(max(b, T))). Testing runs every `interval` steps and stops once b reaches `max`.
+
+The paper treats the batch's variance as if the population were infinite. With
+`finite_population=True` the variance term of a batch of b' drawn without replacement from the N
+training examples carries the factor (N - b') / (N - 1), and the proposal becomes the smallest b'
+that satisfies the corrected test: T N / (N - 1 + T), at most N.
 """
 from __future__ import annotations
 
@@ -32,7 +37,15 @@ def positive(name: str, value: float) -> float:
 class AdaptiveTest(BatchSizePolicy):
     needs = Needs()
 
-    def __init__(self, initial: int, max: int, interval: int = 1, ip_mode: str = "global") -> None:  # noqa: A002
+    def __init__(
+        self,
+        initial: int,
+        max: int,  # noqa: A002
+        interval: int = 1,
+        ip_mode: str = "global",
+        finite_population: bool = False,
+        population: int | None = None,
+    ) -> None:
         super().__init__(initial, max)
         if initial < 2:
             raise ValueError(f"batch_size.initial={initial} must be >= 2: the tests need a sample variance")
@@ -40,8 +53,12 @@ class AdaptiveTest(BatchSizePolicy):
             raise ValueError(f"batch_size.interval={interval} must be >= 1")
         if ip_mode not in IP_MODES:
             raise ValueError(f"batch_size.ip_mode={ip_mode!r} is unknown; choose one of {', '.join(IP_MODES)}")
+        if not isinstance(finite_population, bool):
+            raise ValueError(f"batch_size.finite_population={finite_population!r} must be true or false")
         self.interval = interval
         self.ip_mode = ip_mode
+        self.finite_population = finite_population
+        self.population = population
 
     def wants_statistics(self, step: int, batch_size: int) -> bool:
         return batch_size < self.max and (step - 1) % self.interval == 0
@@ -50,11 +67,22 @@ class AdaptiveTest(BatchSizePolicy):
         if statistics is None:
             return Decision(batch_size)
         proposal, sides = self.propose(statistics)
+        if self.finite_population:
+            if self.population is None:
+                raise ValueError("batch_size.finite_population=true needs the training set's size: pass population")
+            proposal = finite_population_proposal(proposal, self.population)
         record = {"tested": True, "proposal": proposal, **statistic_fields(statistics), **sides}
         return Decision(grow(batch_size, proposal, self.max), record)
 
     def propose(self, s: BatchStatistics) -> tuple[float, dict[str, float]]:
         raise NotImplementedError
+
+
+def finite_population_proposal(proposal: float, population: int) -> float:
+    """The smallest b' with (N - b') / (N - 1) * V / b' <= rhs, given T = V / rhs: T N / (N - 1 + T)."""
+    if math.isinf(proposal):
+        return float(population)
+    return proposal * population / (population - 1 + proposal) if population > 1 else float(population)
 
 
 def statistic_fields(s: BatchStatistics) -> dict[str, Any]:

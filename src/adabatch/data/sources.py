@@ -53,6 +53,10 @@ class ArrayDataset:
     std: tuple[float, ...]
 
     @property
+    def num_train(self) -> int:
+        return len(self.train_y)
+
+    @property
     def input_shape(self) -> tuple[int, int, int]:
         channels, height, width = self.train_x.shape[1:]
         return channels, height, width
