@@ -24,7 +24,7 @@ from adabatch.data import (
     normalize,
     plan_layout,
 )
-from adabatch.data import sources
+from adabatch.data import batches, sources
 from adabatch.data.stream import derive_seed
 from fake_datasets import IDX_STEMS, write_cifar_batch, write_idx, write_idx_dir
 
@@ -422,13 +422,18 @@ def test_examples_do_not_depend_on_micro_batching(augmentation, device):
     assert torch.equal(torch.cat(shards), x)
 
 
-def test_examples_without_augmentation_are_normalized_images():
+@pytest.mark.parametrize("normalized_up_front", [True, False])
+def test_examples_without_augmentation_are_normalized_images(normalized_up_front, monkeypatch):
+    """Bit for bit the same whether the train split was normalized once or each batch is."""
+    if not normalized_up_front:
+        monkeypatch.setattr(batches, "NORMALIZED_TRAIN_SPLIT_MAX_BYTES", 0)
     dataset = fake_dataset()
     data = TrainingData(dataset, None, seed=1, device="cpu")
-    batch = data.draw(6)
+    assert data.normalized == normalized_up_front
+    batch = data.draw(36)
     assert batch.aug_params is None
     x, _ = data.examples(batch)
-    assert torch.equal(x, normalize(dataset.train_x[batch.indices], dataset))
+    assert x.dtype == torch.float32 and torch.equal(x, normalize(dataset.train_x[batch.indices], dataset))
 
 
 @pytest.mark.parametrize("device", DEVICES)

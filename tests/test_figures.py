@@ -33,8 +33,8 @@ from adabatch.analysis.frontier import (
     levels_below,
     percent,
 )
-from adabatch.analysis.runs import method_labels
-from adabatch.analysis.tables import table_rows, write_frontier_tables, write_tables
+from adabatch.analysis.runs import load_run, method_labels
+from adabatch.analysis.tables import samples_before_the_cap, table_rows, write_frontier_tables, write_tables
 
 SCRIPT = ROOT / "scripts" / "make_figures.py"
 SAMPLES, STEPS, WALLCLOCK = AXES
@@ -484,3 +484,15 @@ def test_multirun_index_links_resolve(report):
     assert len(targets) >= 6 and all(not Path(t).is_absolute() for t in targets)
     assert all((out / target).is_file() for target in targets)
     assert "digits_logistic/table.md" in targets and "digits_logistic/test_statistic.png" in targets
+
+
+def test_samples_before_the_cap_come_from_the_first_record_whose_next_batch_is_at_the_cap(tmp_path):
+    def growing(run_dir, sizes, **dotted):
+        records = train_records(sizes, [1.0] * len(sizes))
+        for record, following in zip(records, [*sizes[1:], sizes[-1]]):
+            record["next_batch_size"] = following
+        return load_run(write_run(run_dir, make_config(**dotted), records, eval_records([(0, 0, 0.1), (5, 99, 0.5)])))
+
+    assert samples_before_the_cap(growing(tmp_path / "a", [4, 8, 16, 16, 32], batch_size__max=16)) == 12
+    assert samples_before_the_cap(growing(tmp_path / "b", [4, 8, 8], batch_size__max=16)) is None
+    assert samples_before_the_cap(growing(tmp_path / "c", [16, 16], batch_size__name="constant", batch_size__max=16)) is None

@@ -10,24 +10,38 @@ from __future__ import annotations
 
 import csv
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from .aggregate import Stat, seed_stat
 from .frontier import FrontierRow, Reach, accuracy_levels, best_final_accuracy, frontier_rows
-from .runs import Experiment, Method
+from .runs import Experiment, Method, Run
 
 
 @dataclass(frozen=True)
 class Column:
-    key: str  # summary.json field; CSV columns <key>_mean and <key>_std
+    key: str  # summary.json field, or the name of `of_run`'s value; CSV columns <key>_mean and <key>_std
     header: str
     fmt: str
+    of_run: Callable[[Run], float | None] | None = None  # a value derived from the run's records
+
+
+def samples_before_the_cap(run: Run) -> float | None:
+    """Samples processed before the first step at the run's cap (batch_size.max): those of the first
+    training record whose next batch has that size. Nothing for a constant batch, or a run that never got
+    there or whose cap was lowered to the training set (its records do not say to what). Untested steps
+    are recorded every train.log_every steps, so for the ramps this is an upper bound."""
+    policy = run.config.get("batch_size") or {}
+    if policy.get("name") == "constant" or "max" in run.summary.get("batch_size_capped_from", {}):
+        return None
+    return next((r["samples"] for r in run.train_records if r["next_batch_size"] >= policy["max"]), None)
 
 
 COLUMNS = (
     Column("steps", "optimizer steps", ".1f"),
     Column("mean_batch_size", "mean batch size", ".1f"),
+    Column("samples_before_cap", "samples before b = b_max", ".0f", samples_before_the_cap),
     Column("train_time_s", "wall-clock training time (s)", ".2f"),
     Column("best_train_loss", "best training loss", ".4f"),
     Column("best_test_acc", "best test accuracy", ".3f"),
@@ -43,8 +57,12 @@ class Row:
     stats: dict[str, Stat]
 
 
+def column_value(column: Column, run: Run) -> float | None:
+    return column.of_run(run) if column.of_run else run.summary.get(column.key)
+
+
 def method_row(method: Method) -> Row:
-    stats = {column.key: seed_stat([run.summary.get(column.key) for run in method.completed]) for column in COLUMNS}
+    stats = {column.key: seed_stat([column_value(column, run) for run in method.completed]) for column in COLUMNS}
     return Row(method.label, len(method.completed), len(method.incomplete), stats)
 
 
@@ -95,7 +113,10 @@ def write_markdown(experiment: Experiment, rows: list[Row], path: Path) -> Path:
         f"# {experiment.name}",
         markdown_table(header, cells),
         "Mean ± sample standard deviation (ddof=1) over the completed seeds of each method; a single "
-        "seed shows its value alone. Rows are in the order in which each method's first run was found.",
+        "seed shows its value alone. Rows are in the order in which each method's first run was found. "
+        "Samples before b = b_max: processed before the first step at the method's cap, batch_size.max "
+        "(— for a constant batch or a cap never reached; an upper bound for the ramps, whose untested "
+        "steps are recorded every train.log_every steps).",
     ]
     incomplete = [(method.label, run) for method in experiment.methods for run in method.incomplete]
     if incomplete:

@@ -13,6 +13,9 @@ from adabatch.data.sources import ArrayDataset
 from adabatch.data.stream import IndexStream, derive_seed
 
 _AUGMENTATION_KEY = 1  # derive_seed(seed, 1) seeds the augmentation generator
+# The train split is normalized once, up front, when its float32 copy takes at most this many bytes:
+# gathering a batch of floats then costs a fraction of gathering bytes and normalizing them each step.
+NORMALIZED_TRAIN_SPLIT_MAX_BYTES = 2**31
 
 
 def _even_bounds(total: int, parts: int) -> list[tuple[int, int]]:
@@ -107,6 +110,9 @@ class TrainingData:
         self.dataset = dataset
         self.augmentation = augmentation
         self.train_x = dataset.train_x.to(self.device)
+        self.normalized = self.train_x.numel() * 4 <= NORMALIZED_TRAIN_SPLIT_MAX_BYTES
+        if self.normalized:
+            self.train_x = normalize(self.train_x, dataset)  # element by element: the floats a batch would get
         self.train_y = dataset.train_y.to(self.device)
         self.stream = IndexStream(len(dataset.train_y), seed)
         self.generator = torch.Generator(device=self.device)
@@ -125,7 +131,9 @@ class TrainingData:
     def examples(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """(x, y) on the device: x normalized float32, augmented with the batch's parameters."""
         indices = batch.indices.to(self.device)
-        x = normalize(self.train_x[indices], self.dataset)
+        x = self.train_x.index_select(0, indices)
+        if not self.normalized:
+            x = normalize(x, self.dataset)
         if self.augmentation is not None:
             x = self.augmentation.apply(x, batch.aug_params)
         return x, self.train_y[indices]
