@@ -67,10 +67,13 @@ SEEDS ?= 0 1 2
 CPU_EXPERIMENTS := fashion_logistic cpu_digits_cnn
 CPU_METHODS := constant_small-adagrad constant_large-adagrad linear_ramp-adagrad stagewise-adagrad \
   norm_test-adagrad norm_test-adagrad_norm norm_test-adam
+# The frontier's extra points run with FRONTIER_SEEDS (a mean and a spread each), the row's methods with SEEDS.
 FRONTIER = $(foreach b,$(1),constant_small-adagrad/b0_$(b)) $(foreach e,$(2),norm_test-adagrad/eta_$(e))
-fashion_logistic_RUNS := $(CPU_METHODS) augmented_test-adagrad \
-  $(call FRONTIER,8 32 128 512 2048 8192 32768 60000,0.05 0.25 0.5 1)
-cpu_digits_cnn_RUNS := $(CPU_METHODS) $(call FRONTIER,16 64 256,0.05 0.1 0.25 0.5)
+FRONTIER_SEEDS ?= 0 1
+fashion_logistic_RUNS := $(CPU_METHODS) augmented_test-adagrad
+fashion_logistic_FRONTIER := $(call FRONTIER,8 32 128 512 2048 8192 32768 60000,0.05 0.25 0.5 1)
+cpu_digits_cnn_RUNS := $(CPU_METHODS)
+cpu_digits_cnn_FRONTIER := $(call FRONTIER,16 64 256,0.05 0.1 0.25 0.5)
 
 PAPER_EXPERIMENTS := mnist_logistic mnist_cnn cifar10_resnet18 cifar10_resnet50 cifar100_resnet50 cifar10_vit
 BASELINES = constant_small-$(1) constant_large-$(1) linear_ramp-$(1) stagewise-$(1)
@@ -81,7 +84,8 @@ cifar10_resnet50_RUNS := $(call BASELINES,sgdm) norm_test-sgdm
 cifar100_resnet50_RUNS := $(call BASELINES,sgdm) norm_test-sgdm augmented_test-sgdm
 cifar10_vit_RUNS := $(call BASELINES,adamw) norm_test-adamw augmented_test-adamw norm_test-adam
 
-run_targets = $(foreach e,$(2),$(foreach r,$($(e)_RUNS),$(foreach s,$(SEEDS),results/$(1)/runs/$(e)/$(r)/seed$(s)/summary.json)))
+run_targets = $(foreach e,$(2),$(foreach r,$($(e)_RUNS),$(foreach s,$(SEEDS),results/$(1)/runs/$(e)/$(r)/seed$(s)/summary.json)) \
+  $(foreach r,$($(e)_FRONTIER),$(foreach s,$(FRONTIER_SEEDS),results/$(1)/runs/$(e)/$(r)/seed$(s)/summary.json)))
 CPU_RUN_TARGETS := $(call run_targets,cpu,$(CPU_EXPERIMENTS))
 PAPER_RUN_TARGETS := $(call run_targets,paper,$(PAPER_EXPERIMENTS))
 
