@@ -1,6 +1,8 @@
 """When a run evaluates and checkpoints: points in samples processed, passed by a step."""
 from __future__ import annotations
 
+from bisect import bisect_right
+
 
 def crossed(before: int, after: int, every: int) -> bool:
     """Whether going from `before` to `after` samples passed a multiple of `every`."""
@@ -18,5 +20,6 @@ def early_evaluation_points(first: int | None, every: int) -> tuple[int, ...]:
 
 
 def evaluation_due(before: int, after: int, every: int, early: tuple[int, ...]) -> bool:
-    """Whether going from `before` to `after` samples passed a multiple of `every` or an early point."""
-    return crossed(before, after, every) or any(before < point <= after for point in early)
+    """Whether going from `before` to `after` samples passed a multiple of `every` or an early point
+    (`early` sorted: a binary search, not a loop over the points, at every step)."""
+    return crossed(before, after, every) or bisect_right(early, after) > bisect_right(early, before)
