@@ -100,7 +100,7 @@ def parse_args() -> argparse.Namespace:
                         help="of those rounds, how many time the per-example engines (opacus, functorch): at 2x to "
                              "30x a plain step they dominate the run, and one round places them well enough")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"), help="bf16: autocast, CUDA only")
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"), help="bf16: autocast (CUDA or CPU)")
     parser.add_argument("--memory-fraction", type=float, default=0.5,
                         help="skip a per-example engine whose gradients would need more than this share of free memory")
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "bench")

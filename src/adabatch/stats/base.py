@@ -23,6 +23,10 @@ class StatisticsEngine(ABC):
         self.model = model
         self.params = [p for p in model.parameters() if p.requires_grad]
 
+    def reset(self) -> None:
+        """Forget what an interrupted step left behind (an out-of-memory error in mid-pass)."""
+        self._kept = None
+
     @abstractmethod
     def can_keep(self, world_size: int) -> bool:
         """Whether an unsplit micro-batch can keep its inner-product terms with `world_size` ranks."""

@@ -69,6 +69,19 @@ class OpacusEngine(PerExampleEngine):
         self.wrapped = GradSampleModule(model, batch_first=True, loss_reduction="sum")
         self.wrapped.disable_hooks()  # the hooks sit on the model's own modules: off outside tested steps
 
+    def reset(self):
+        super().reset()
+        # What Opacus' hooks keep between a layer's forward and its backward, for a backward that never came.
+        self.wrapped.set_grad_sample_to_none()
+        for p in self.params:
+            p._forward_counter = 0
+            if hasattr(p, "_current_grad_sample"):
+                del p._current_grad_sample
+        for module in self.wrapped.modules():
+            for name in ("activations", "max_batch_len"):
+                if hasattr(module, name):
+                    delattr(module, name)
+
     def per_example_gradients(self, x, y, autocast=None):
         self.wrapped.enable_hooks()
         try:
@@ -80,7 +93,9 @@ class OpacusEngine(PerExampleEngine):
             self.wrapped.disable_hooks()
         grads = []
         for p in self.params:
-            grads.append(p.grad_sample)
+            # Under bf16 autocast Opacus forms g_i from bf16 activations and output gradients, in bf16:
+            # lift them to the parameter's dtype, as the other engines give them, before they are squared.
+            grads.append(p.grad_sample.to(p.dtype))
             p.grad_sample = None  # Opacus would otherwise accumulate across micro-batches
         return loss.detach(), grads
 
