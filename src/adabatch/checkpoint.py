@@ -26,8 +26,11 @@ if TYPE_CHECKING:
 CHECKPOINT_FILE = "checkpoint.pt"
 FORMAT = 1
 # Keys that may change between the start of a run and its resumption: they do not change results
-# (another statistics engine changes only the rounding of the statistics).
-MAY_CHANGE_ON_RESUME = ("resume", "logger", "train.progress_every_s", "data_dir", "batch_size.engine")
+# (another statistics engine changes only the rounding of the statistics; a resumed run keeps the
+# micro-batch size that max_micro=auto chose, whatever memory it is given now).
+MAY_CHANGE_ON_RESUME = (
+    "resume", "logger", "train.progress_every_s", "data_dir", "batch_size.engine", "batch_size.max_micro_memory_gb",
+)
 
 
 def save_checkpoint(run_dir: Path, state: dict[str, Any]) -> None:

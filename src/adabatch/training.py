@@ -19,6 +19,7 @@ from .checkpoint import (
 from .data import ArrayDataset, Batch, TrainingData, build_augmentation, evaluation_batches, load_dataset, plan_layout
 from .device import autocast, resolve_device
 from .distributed import SINGLE_PROCESS, World
+from .micro_batch import AUTO, choose_max_micro
 from .milestones import crossed, early_evaluation_points, evaluation_due
 from .models import build_model
 from .optim import build_optimizer
@@ -105,14 +106,25 @@ def batch_gradient(exp: Experiment, batch: Batch, max_micro: int, tested: bool) 
 
 @dataclass
 class LoopState:
-    """The loop's counters: with the components' own states, all a checkpoint needs to continue."""
+    """The loop's counters and settings: with the components' own states, all a checkpoint needs to continue."""
 
     batch_size: int  # of the next step
+    max_micro: int | None = None  # examples per micro-batch at most: batch_size.max_micro, or what auto chose
+    max_micro_auto: dict[str, Any] | None = None  # the search behind an automatic max_micro (MicroBatchChoice)
     step: int = 0
     samples: int = 0
     train_time: float = 0.0  # seconds in training steps, over all the run's processes
     wall_time: float = 0.0   # seconds from start to the last checkpoint, over all the run's processes
     resumes: int = 0
+
+
+def micro_batch_limit(cfg: DictConfig, exp: Experiment, reporter: Reporter) -> tuple[int, dict[str, Any] | None]:
+    """batch_size.max_micro, or with `auto` the size found by trying steps (and the search's record)."""
+    if cfg.batch_size.max_micro != AUTO:
+        return cfg.batch_size.max_micro, None
+    choice = choose_max_micro(exp, cfg.batch_size.max_micro_memory_gb)
+    reporter.note(choice.describe())
+    return choice.max_micro, choice.record()
 
 
 def divergence(train_loss: float, statistics: BatchStatistics | None) -> str | None:
@@ -133,7 +145,7 @@ def train(cfg: DictConfig, run_dir: Path, world: World = SINGLE_PROCESS) -> dict
         return {**read_summary(run_dir), "already_ended": True}
     exp = build_experiment(cfg, world)
     # Read once: an OmegaConf access resolves interpolations each time, which costs more than a small step.
-    budget, eval_every, max_micro = cfg.train.samples, cfg.train.eval_every, cfg.batch_size.max_micro
+    budget, eval_every = cfg.train.samples, cfg.train.eval_every
     checkpoint_every = cfg.train.checkpoint_every
     early_evaluations = early_evaluation_points(cfg.train.eval_first, eval_every)
     base_lrs = [group["lr"] for group in exp.optimizer.param_groups]
@@ -162,6 +174,7 @@ def train(cfg: DictConfig, run_dir: Path, world: World = SINGLE_PROCESS) -> dict
         return reporter.finish(
             status=status, steps=loop.step, samples=loop.samples, train_time_s=loop.train_time,
             wall_time_s=wall_time(), world_size=world.size, resumes=loop.resumes, **capped_from, **fields,
+            **({"max_micro_auto": loop.max_micro_auto} if loop.max_micro_auto else {}),
         )
 
     capped_from = {"batch_size_capped_from": exp.capped_batch_sizes} if exp.capped_batch_sizes else {}
@@ -173,8 +186,10 @@ def train(cfg: DictConfig, run_dir: Path, world: World = SINGLE_PROCESS) -> dict
         loop = LoopState(**checkpoint["loop"])
         loop.resumes += 1
     else:
-        loop = LoopState(exp.policy.initial)
+        max_micro, search = micro_batch_limit(cfg, exp, reporter)
+        loop = LoopState(exp.policy.initial, max_micro=max_micro, max_micro_auto=search)
         run_evaluation(0, 0)
+    max_micro = loop.max_micro or cfg.batch_size.max_micro  # a checkpoint older than the field: the config's number
     wall_before = loop.wall_time
 
     def wall_time() -> float:

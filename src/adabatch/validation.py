@@ -52,7 +52,12 @@ def _check(cfg: DictConfig, world: World) -> None:
     if not train.progress_every_s >= 0:
         raise ConfigError(f"train.progress_every_s={train.progress_every_s} must be >= 0 (0: a line every step)")
     choice("resume", cfg.resume, RESUME_MODES)
-    at_least("batch_size.max_micro", cfg.batch_size.max_micro, 1)
+    if cfg.batch_size.max_micro != "auto":
+        at_least("batch_size.max_micro", cfg.batch_size.max_micro, 1, alternative="or auto")
+    memory_gb = cfg.batch_size.max_micro_memory_gb
+    if memory_gb is not None and (isinstance(memory_gb, bool) or not isinstance(memory_gb, (int, float)) or memory_gb <= 0):
+        raise ConfigError(f"batch_size.max_micro_memory_gb={memory_gb} must be a number of GiB > 0, "
+                          "or null (the device's free memory)")
 
     choice("dataset", cfg.dataset.name, DATASETS)
     choice("dataset.augmentation", cfg.dataset.augmentation, AUGMENTATIONS)
@@ -90,9 +95,9 @@ def refuse_batch_norm(model: torch.nn.Module, cfg: DictConfig) -> None:
         )
 
 
-def at_least(key: str, value, minimum: int) -> None:
+def at_least(key: str, value, minimum: int, alternative: str = "") -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ConfigError(f"{key}={value} must be an integer >= {minimum}")
+        raise ConfigError(f"{key}={value} must be an integer >= {minimum}{' ' + alternative if alternative else ''}")
 
 
 def choice(key: str, value, allowed: tuple[str, ...]) -> None:

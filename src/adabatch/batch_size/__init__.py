@@ -21,7 +21,7 @@ POLICY_CLASSES: dict[str, type[BatchSizePolicy]] = {
 POLICIES = tuple(POLICY_CLASSES)
 
 # Keys of the batch_size group that configure the training loop rather than the policy.
-LOOP_KEYS = ("name", "max_micro", "engine")
+LOOP_KEYS = ("name", "max_micro", "max_micro_memory_gb", "engine")
 
 
 def build_policy(cfg: Mapping[str, Any], budget: int, population: int | None = None) -> BatchSizePolicy:

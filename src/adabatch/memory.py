@@ -1,0 +1,128 @@
+"""How much memory a step takes: the peak of the bytes it allocates beyond what was live before it.
+
+On CUDA the caching allocator keeps the count (`torch.cuda.max_memory_allocated`) and a step past the
+device's memory raises `torch.OutOfMemoryError`. The CPU allocator keeps no count, so on the CPU
+`TensorMemory` counts the storages of the tensors the step's operations create while they live. It
+can also stand in for a smaller device: past its `limit` it raises `torch.OutOfMemoryError` as CUDA
+would, which makes the automatic micro-batch search deterministic and testable without a GPU.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+from torch.multiprocessing.reductions import StorageWeakRef
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+
+
+@dataclass
+class Measurement:
+    peak_bytes: int = 0  # the step's peak above what was allocated when it started
+
+
+class TensorMemory(TorchDispatchMode):
+    """Counts the bytes of the tensor storages created under it while they are alive (any device).
+
+    The count follows storages, not tensors: views share their base's storage and count once. Tensors
+    that existed before the mode (the weights, the dataset) are not counted.
+    """
+
+    def __init__(self, limit_bytes: int | None = None) -> None:
+        super().__init__()
+        self.limit_bytes = limit_bytes
+        self._live: dict[int, tuple[StorageWeakRef, int]] = {}  # data pointer -> (storage, bytes)
+        self.current = 0  # bytes counted and not yet seen freed
+        self.peak = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for leaf in tree_leaves(out):
+            if isinstance(leaf, torch.Tensor):
+                self._count(leaf)
+        return out
+
+    def live_bytes(self) -> int:
+        self._forget_freed()
+        return self.current
+
+    def _forget_freed(self) -> None:
+        freed = [key for key, (ref, _) in self._live.items() if ref.expired()]
+        for key in freed:
+            self.current -= self._live.pop(key)[1]
+
+    def _count(self, tensor: torch.Tensor) -> None:
+        storage = tensor.untyped_storage()
+        key, size = storage.data_ptr(), storage.nbytes()
+        if size == 0 or (key in self._live and not self._live[key][0].expired()):
+            return
+        if key in self._live:  # an address freed and reused
+            self._forget_freed()
+        self._live[key] = (StorageWeakRef(storage), size)
+        self.current += size
+        if self.current <= self.peak:
+            return
+        # `current` also counts storages freed since the last look: exact only after forgetting them,
+        # which costs a look at every live storage, so done only when a new peak is possible.
+        self._forget_freed()
+        self.peak = max(self.peak, self.current)
+        if self.limit_bytes is not None and self.current > self.limit_bytes:
+            self._live.clear()
+            raise torch.OutOfMemoryError(
+                f"the step needs more than the {self.limit_bytes} bytes this measurement allows (simulated device memory)"
+            )
+
+
+class MemoryGauge:
+    """Measures a block's peak memory on one device; `available_bytes` is what a step may take."""
+
+    def __init__(self, device: torch.device, limit_bytes: int | None = None) -> None:
+        self.device = device
+        self.limit_bytes = limit_bytes  # stand in for a device with this much memory for steps
+
+    @contextlib.contextmanager
+    def measure(self) -> Iterator[Measurement]:
+        result = Measurement()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            before = torch.cuda.memory_allocated(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            yield result
+            torch.cuda.synchronize(self.device)
+            result.peak_bytes = torch.cuda.max_memory_allocated(self.device) - before
+            if self.limit_bytes is not None and result.peak_bytes > self.limit_bytes:
+                raise torch.OutOfMemoryError(f"the step took {result.peak_bytes} bytes, above the {self.limit_bytes} allowed")
+        else:
+            counter = TensorMemory(self.limit_bytes)
+            try:
+                with counter:
+                    yield result
+            finally:
+                result.peak_bytes = counter.peak
+
+    def available_bytes(self) -> int | None:
+        """What a step may allocate: the limit if one is set, else the device's free memory (None
+        where it cannot be read)."""
+        if self.limit_bytes is not None:
+            return self.limit_bytes
+        if self.device.type == "cuda":  # free on the device, and held by torch's cache but unused
+            cached = torch.cuda.memory_reserved(self.device) - torch.cuda.memory_allocated(self.device)
+            return torch.cuda.mem_get_info(self.device)[0] + cached
+        return _available_ram()
+
+
+def _available_ram() -> int | None:
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None

@@ -1,0 +1,118 @@
+"""batch_size.max_micro=auto: the search, the memory it measures, and runs that use it."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from helpers import ROOT, compose
+
+from adabatch.memory import MemoryGauge, TensorMemory
+from adabatch.micro_batch import choose_max_micro, largest_fitting
+from adabatch.records import read_metrics, read_summary
+from adabatch.training import build_experiment, train
+
+MIB = 2**20
+QUICK = ["experiment=quickstart", "device=cpu", "train.samples=2500", "train.eval_every=1250",
+         "batch_size.max=96", "train.progress_every_s=600", "batch_size.max_micro=auto"]
+LIMIT_GB = 1.5 * MIB / 2**30  # a tested step of the quickstart CNN fits ~40 examples in it
+
+
+@pytest.mark.parametrize(("lower", "upper"), [(1, 1), (1, 2), (2, 2), (1, 7), (2, 7), (1, 64), (2, 100), (2, 1000)])
+def test_the_search_finds_the_largest_fitting_size_to_within_an_eighth(lower, upper):
+    for threshold in range(0, 300):
+        tried = []
+
+        def fits(size):
+            tried.append(size)
+            return size <= threshold
+
+        found = largest_fitting(fits, upper, lower)
+        best = min(threshold, upper)
+        if best < lower:
+            assert found == 0
+            continue
+        assert found <= best and best - found <= max(1, found // 8), (threshold, found)
+        assert fits(found) and len(tried) <= 2 * max(upper, 2).bit_length() + 4
+
+
+def test_tensor_memory_counts_live_storages_once_and_raises_past_its_limit():
+    with TensorMemory() as memory:
+        a = torch.ones(1000)  # 4000 bytes
+        view = a[:10].view(2, 5)  # no new storage
+        b = a * 2  # 4000 more: peak 8000
+        del a, view, b
+        c = torch.ones(500)  # the others are freed: 2000 live
+    assert memory.peak == 8000 and memory.live_bytes() == 2000
+    assert c.sum() == 500
+    with pytest.raises(torch.OutOfMemoryError, match="simulated device memory"), TensorMemory(limit_bytes=5000):
+        x = torch.ones(1000)
+        y = x + 1  # 8000 > 5000
+        del y
+
+
+def test_a_tested_steps_measured_memory_grows_with_its_micro_batch():
+    exp = build_experiment(compose(*QUICK))
+    gauge = MemoryGauge(exp.device)
+    from adabatch.micro_batch import trial_step_peak
+    peaks = [trial_step_peak(exp, gauge, size) for size in (8, 16, 32)]
+    assert peaks[0] < peaks[1] < peaks[2]
+    assert peaks[2] - peaks[1] == pytest.approx(2 * (peaks[1] - peaks[0]), rel=0.1)  # affine in the size
+
+
+@pytest.mark.parametrize("engine", ["ghost", "opacus", "functorch"])
+def test_the_choice_is_deterministic_under_a_memory_limit_and_leaves_the_model_as_it_was(engine):
+    cfg = compose(*QUICK, f"batch_size.engine={engine}")
+    choices = []
+    for _ in range(2):
+        exp = build_experiment(cfg)
+        before = {k: v.clone() for k, v in exp.model.state_dict().items()}
+        rng = torch.get_rng_state()
+        choice = choose_max_micro(exp, LIMIT_GB)
+        assert all(torch.equal(v, before[k]) for k, v in exp.model.state_dict().items())
+        assert torch.equal(torch.get_rng_state(), rng) and all(p.grad is None for p in exp.model.parameters())
+        choices.append(choice)
+    first, second = choices
+    assert first == second
+    assert 2 <= first.max_micro < first.upper == 96  # the limit binds
+    peaks = dict(first.trials)
+    assert peaks[first.max_micro] <= first.limit_bytes
+    assert any(peak is None and size > first.max_micro for size, peak in first.trials)  # a larger one ran out
+    without_limit = choose_max_micro(build_experiment(cfg))
+    assert without_limit.max_micro == 96  # this machine's RAM holds the largest batch
+
+
+def without_times(records):
+    return [{k: v for k, v in r.items() if k not in ("time_s",)} for r in records]
+
+
+def test_a_run_with_auto_is_the_run_with_the_number_it_chose(tmp_path):
+    auto = train(compose(*QUICK, f"batch_size.max_micro_memory_gb={LIMIT_GB}"), tmp_path / "auto")
+    chosen = auto["max_micro_auto"]["max_micro"]
+    fixed = train(compose(*QUICK, f"batch_size.max_micro={chosen}"), tmp_path / "fixed")
+    assert "max_micro_auto" not in fixed
+    records = read_metrics(tmp_path / "auto")
+    assert without_times(records) == without_times(read_metrics(tmp_path / "fixed"))
+    train_records = list(read_metrics(tmp_path / "auto", "train"))
+    assert max(r["micro_batch_size"] for r in train_records) <= chosen
+    assert any(r["accumulation"] > 1 for r in train_records)  # batches above the choice were split
+    assert read_summary(tmp_path / "auto")["max_micro_auto"]["max_micro"] == chosen
+
+
+def test_a_resumed_run_keeps_the_size_it_chose(tmp_path):
+    """Stopped by SIGTERM, then resumed on a "device" with more memory: the run goes on with its choice."""
+    overrides = [*QUICK, "batch_size.engine=functorch", "train.checkpoint_every=100"]
+    worker = [sys.executable, "tests/interrupt_worker.py"]
+    reference, run = tmp_path / "reference", tmp_path / "run"
+    limited = f"batch_size.max_micro_memory_gb={LIMIT_GB}"
+    assert subprocess.run([*worker, str(reference), "none", "0", *overrides, limited], cwd=ROOT, timeout=300).returncode == 0
+    assert subprocess.run([*worker, str(run), "term", "20", *overrides, limited], cwd=ROOT, timeout=300).returncode == 75
+    roomy = "batch_size.max_micro_memory_gb=1.0"
+    assert subprocess.run([*worker, str(run), "none", "0", *overrides, roomy], cwd=ROOT, timeout=300).returncode == 0
+    summary = read_summary(run)
+    assert summary["resumes"] == 1
+    assert summary["max_micro_auto"] == read_summary(reference)["max_micro_auto"]
+    assert without_times(read_metrics(run)) == without_times(read_metrics(reference))
+    assert json.loads(json.dumps(summary["max_micro_auto"]))["max_micro"] < 96
