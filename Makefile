@@ -107,7 +107,7 @@ results/cpu/runs/%/summary.json: | $(SYNCED)
 results/paper/runs/%/summary.json: | $(SYNCED)
 	$(call train_run,$*,$(@D))
 
-.PHONY: reproduce reproduce-cpu cpu-runs paper-runs figures data pack-runs
+.PHONY: reproduce reproduce-cpu cpu-runs paper-runs figures data pack-runs smoke-paper paper-run-ids
 JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 
 ## The CPU reproduction on real data (Fashion-MNIST at the paper's scale, digits): runs, figures, tables
@@ -125,6 +125,19 @@ reproduce: | $(SYNCED)
 	$(MAKE) figures RUNS=results/paper/runs OUT=results/paper
 
 paper-runs: $(PAPER_RUN_TARGETS)
+
+## Every paper run's real steps at its true shapes on stand-in pixels (CPU, ~15 min): results/smoke/cpu.md
+smoke-paper: | $(SYNCED)
+	$(PY) scripts/smoke_paper.py $(ARGS)
+
+## On a GPU node, first (<10 min): quickstart fp32/bf16/compile/auto, bench and smoke subsets, 2-GPU torchrun
+.PHONY: gpu-check
+gpu-check: | $(SYNCED)
+	$(PY) scripts/gpu_check.py $(ARGS)
+
+# The run ids of make reproduce, one per (experiment, method, optimizer): what smoke-paper runs
+paper-run-ids:
+	@echo $(foreach e,$(PAPER_EXPERIMENTS),$(foreach r,$($(e)_RUNS),$(e)/$(r)))
 
 ## Figures and tables from run records alone (a run, a directory of runs, or a Hydra multirun)
 RUNS ?= results/cpu/runs

@@ -26,7 +26,7 @@ from adabatch.data import (
 )
 from adabatch.data import batches, sources
 from adabatch.data.stream import derive_seed
-from fake_datasets import IDX_STEMS, write_cifar_batch, write_idx, write_idx_dir
+from adabatch.data.standin import IDX_STEMS, write_cifar_batch, write_idx, write_idx_dir
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 

@@ -40,10 +40,21 @@ def test_every_planned_run_composes(target, count):
 def test_the_full_scale_fashion_row_differs_from_the_papers_mnist_row_in_the_dataset_only():
     def composed(experiment: str) -> dict:
         cfg = OmegaConf.to_container(compose(f"experiment={experiment}", "method=norm_test"), resolve=True)
-        return {k: v for k, v in cfg.items() if k not in ("dataset", "experiment_name")}
+        micro = cfg["plan"].pop("max_micro"), cfg["batch_size"].pop("max_micro")
+        return {k: v for k, v in cfg.items() if k not in ("dataset", "experiment_name")}, micro
 
-    assert composed("fashion_logistic") == composed("mnist_logistic")
+    (fashion, fashion_micro), (mnist, mnist_micro) = composed("fashion_logistic"), composed("mnist_logistic")
+    assert fashion == mnist
     assert compose("experiment=fashion_logistic").dataset.name == "fashion_mnist"
+    assert fashion_micro == (16384, 16384) and mnist_micro == ("auto", "auto")  # the committed CPU runs' value
+
+
+def test_make_paper_run_ids_lists_what_make_reproduce_starts():
+    ids = subprocess.run(["make", "-s", "--no-print-directory", "paper-run-ids"], cwd=ROOT, capture_output=True,
+                         text=True, check=True).stdout.split()
+    started = {(r[0], r[1], r[2]) for r in planned_runs("paper-runs")}
+    as_ids = {f"{e.split('=')[1]}/{m.split('=')[1]}-{o.split('=')[1]}" for e, m, o in started}
+    assert sorted(ids) == sorted(as_ids) and len(ids) == len(as_ids) == 39
 
 
 def test_frontier_runs_override_one_plan_key():

@@ -3,7 +3,7 @@ Opacus per-example gradients match a loop over examples. Downloadable datasets c
 files written in their genuine on-disk formats."""
 import pytest
 import torch
-from fake_datasets import write_fake_dataset
+from adabatch.data.standin import write_standin_dataset
 from helpers import compose
 
 from adabatch.data import sources
@@ -25,7 +25,7 @@ TINY_MODELS = {
 def data_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("data")
     for name in DATASETS[1:]:
-        write_fake_dataset(name, root, train=30, test=10)
+        write_standin_dataset(name, root, train=30, test=10)
     return root
 
 

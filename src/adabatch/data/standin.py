@@ -1,5 +1,6 @@
-"""Small datasets written in the genuine on-disk formats (IDX, CIFAR python pickles), so that
-tests exercise the real loading code without a download."""
+"""Stand-in datasets: random pixels written in the genuine on-disk formats (IDX, CIFAR python
+pickles), so that tests and `make smoke-paper` run the real loading code at the true example shapes
+and class counts without a download. Nothing trained on them means anything."""
 from __future__ import annotations
 
 import gzip
@@ -42,7 +43,7 @@ def write_cifar_batch(path: Path, data: np.ndarray, labels: dict[str, list[int]]
         pickle.dump(entry, f, protocol=2)
 
 
-def write_fake_dataset(name: str, root: Path, train: int = 40, test: int = 20, seed: int = 0) -> Path:
+def write_standin_dataset(name: str, root: Path, train: int = 40, test: int = 20, seed: int = 0) -> Path:
     """A full `name` dataset of random images in torchvision's layout under `root`; returns root."""
     rng = np.random.default_rng(seed)
     if name in IDX_DIRS:
@@ -74,4 +75,4 @@ def write_fake_dataset(name: str, root: Path, train: int = 40, test: int = 20, s
             labels = {"fine_labels": rng.integers(0, 100, count).tolist(), "coarse_labels": [0] * count}
             write_cifar_batch(directory / split, data, labels, bytes_keys=True)
         return root
-    raise ValueError(f"no fake writer for dataset {name!r}")
+    raise ValueError(f"no stand-in writer for dataset {name!r}")

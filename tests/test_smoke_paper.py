@@ -1,0 +1,62 @@
+"""The fast subset of make smoke-paper: per model family, a paper run's plain and tested steps of
+2, 4 and 8 micro-batches at the true example shapes (stand-in pixels), with its optimizer and test."""
+from __future__ import annotations
+
+import sys
+
+import pytest
+from helpers import ROOT, compose
+
+from adabatch.data.standin import write_standin_dataset
+from adabatch.smoke import MEMORY_GROWTH_ALLOWED, MICRO_BATCHES, smoke_run
+
+sys.path.insert(0, str(ROOT / "scripts"))
+from smoke_paper import SUBSET, overrides, paper_run_ids  # noqa: E402
+
+MICRO = 2  # steps of 4, 8 and 16 examples: seconds for ResNet-50
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("standin")
+    for name in ("mnist", "cifar10", "cifar100"):
+        write_standin_dataset(name, root, train=64, test=8)
+    return root
+
+
+def test_the_subset_covers_every_model_family_of_make_reproduce():
+    runs = paper_run_ids()
+    assert len(runs) == len(set(runs)) == 39 and set(SUBSET) <= set(runs)
+    models = {compose(*overrides(run, ROOT, "cpu", 1)).model.name for run in runs}
+    assert models == {compose(*overrides(run, ROOT, "cpu", 1)).model.name for run in SUBSET}
+
+
+@pytest.mark.parametrize("run", SUBSET)
+def test_a_paper_run_takes_split_plain_and_tested_steps_at_its_true_shapes(run, data_dir):
+    cfg = compose(*overrides(run, data_dir, "cpu", MICRO))
+    result = smoke_run(run, cfg, MICRO, first_step=False)
+    assert result.problems == []
+    for kind in (result.plain, result.tested):
+        assert sorted(kind.peak_bytes) == [n * MICRO for n in MICRO_BATCHES] and min(kind.peak_bytes.values()) > 0
+        assert kind.growth <= MEMORY_GROWTH_ALLOWED and kind.seconds_per_example > 0
+    # a tested step holds the plain step's activations and more: the statistics' buffers
+    assert result.tested.peak_bytes[2 * MICRO] >= result.plain.peak_bytes[2 * MICRO]
+
+
+
+def test_a_step_that_keeps_something_per_example_fails_the_memory_check(data_dir, monkeypatch):
+    """A defect of the kind the check is for: each micro-batch leaves a copy of its inputs behind."""
+    from adabatch import smoke
+
+    kept = []
+
+    def leaky_batch_gradient(exp, batch, max_micro, tested):
+        for part in batch.split(max_micro):
+            kept.append(exp.data.examples(part)[0].clone())
+        return batch_gradient(exp, batch, max_micro, tested)
+
+    batch_gradient = smoke.batch_gradient
+    monkeypatch.setattr(smoke, "batch_gradient", leaky_batch_gradient)
+    run = "mnist_cnn/norm_test-adagrad"
+    result = smoke_run(run, compose(*overrides(run, data_dir, "cpu", MICRO)), MICRO, first_step=False)
+    assert any("grows with the batch" in problem for problem in result.problems)
