@@ -4,12 +4,14 @@
     .venv/bin/python scripts/bench_stats.py --models vit --sizes 128 --engines ghost --out /tmp/bench
 
 A plain step is the forward and backward of a batch (`accumulate_gradient`); a tested step is the
-same batch through `gradient_with_statistics` with an engine and a test's needs. The timing runs in
-this one process: after a warm-up, the configurations take turns for `--repeats` rounds (the slow
+same batch through `gradient_with_statistics` with an engine and a test's needs. Each engine is timed
+in a process of its own (`--timing-only`), next to the plain step: the ghost engine in one, each
+per-example engine in another, so that no step is timed after another engine's multi-GiB allocations.
+In a process, after a warm-up, the configurations take turns for `--repeats` rounds (the slow
 per-example engines for the first `--per-example-repeats` of them), in a new random order each
 round, and a configuration's time ratio is the median over its rounds of its time over the plain
 step's in the same round (shared machines drift by tens of percent within minutes; a round sees one
-state of the machine).
+state of the machine); the table gives the smallest and largest of those per-round ratios next to it.
 Peak memory is what a step adds above the memory in use before it, over the plain step's: on CUDA
 the allocator's peak, measured in this process; on the CPU the peak resident set size, measured in a
 child process (`--memory-only`) started with glibc's mmap threshold fixed at 128 KiB. With glibc's
@@ -34,7 +36,7 @@ import statistics
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -67,6 +69,7 @@ class Result:
     test: str    # "" for the plain step
     seconds: float | None = None  # median
     ratio: float | None = None    # median over rounds of seconds / the plain step's seconds
+    ratio_range: tuple[float, float] | None = None  # the smallest and largest of those per-round ratios
     peak_bytes: int | None = None
     skipped: str = ""
 
@@ -82,8 +85,16 @@ def main() -> None:
     devices = [args.device]
     if args.device == "auto":
         devices = ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]
+    if args.timing_only:
+        print(json.dumps([asdict(r) for r in bench_device(torch.device(args.device), args)]))
+        return
     for device in devices:
-        results = bench_device(torch.device(device), args)
+        results = []
+        for group in engine_groups(args.engines):  # the plain step's own row comes from the first process
+            results += [r for r in time_in_child(device, group, args) if r.engine != "plain" or not results]
+        results.sort(key=lambda r: (args.models.index(r.model), r.batch_size, r.engine != "plain",
+                                    args.engines.index(r.engine) if r.engine != "plain" else -1,
+                                    args.tests.index(r.test) if r.test else -1))
         write_tables(results, device, args)
         for line in worst_overheads(results, args):
             print(line)
@@ -104,6 +115,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--memory-fraction", type=float, default=0.5,
                         help="skip a per-example engine whose gradients would need more than this share of free memory")
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "bench")
+    parser.add_argument("--timing-only", action="store_true",
+                        help="time the given engines here and print the results as JSON (what each engine's child runs)")
     parser.add_argument("--memory-only", action="store_true",
                         help="print the peak memory of every configuration as JSON (what the CPU bench's child runs)")
     args = parser.parse_args()
@@ -190,13 +203,33 @@ def bench_device(device: torch.device, args) -> list[Result]:
                 peaks = {key: bench.peak_memory(step) for key, step in steps.items()}
             plain = times[("plain", "")]
             for key, seconds in times.items():  # a per-example engine's rounds are the first ones
-                ratio = statistics.median(t / p for t, p in zip(seconds, plain))
-                results.append(Result(model_name, size, *key, statistics.median(seconds), ratio, peaks[key]))
+                per_round = [t / p for t, p in zip(seconds, plain)]
+                results.append(Result(model_name, size, *key, statistics.median(seconds), statistics.median(per_round),
+                                      (min(per_round), max(per_round)), peaks[key]))
             for key, why in skipped.items():
                 results.append(Result(model_name, size, *key, skipped=why))
         del bench
         gc.collect()
     return results
+
+
+def engine_groups(engines: list[str]) -> list[list[str]]:
+    """The engines timed together in one process: ghost (with the plain step), each per-example engine apart."""
+    own = [[e] for e in engines if e in PER_EXAMPLE_ENGINES]
+    shared = [e for e in engines if e not in PER_EXAMPLE_ENGINES]
+    return [shared, *own] if shared or not own else own
+
+
+def time_in_child(device: str, engines: list[str], args) -> list[Result]:
+    command = [sys.executable, __file__, "--timing-only", "--device", device, "--models", *args.models,
+               "--sizes", *map(str, args.sizes), "--tests", *args.tests, "--precision", args.precision,
+               "--repeats", str(args.repeats), "--per-example-repeats", str(args.per_example_repeats),
+               "--memory-fraction", str(args.memory_fraction), "--engines", *engines]
+    child = subprocess.run(command, stdout=subprocess.PIPE, text=True)  # its progress lines go to our stderr
+    if child.returncode:
+        raise RuntimeError(f"the timing child {' '.join(command)} failed (exit {child.returncode})")
+    return [Result(**{**r, "ratio_range": tuple(r["ratio_range"]) if r["ratio_range"] else None})
+            for r in json.loads(child.stdout)]
 
 
 def measure_memory_in_child(model: str, size: int, engines: list[str], args) -> dict[tuple[str, str], int]:
@@ -277,6 +310,7 @@ def ratios(results: list[Result]) -> list[dict]:
             "model": r.model, "batch_size": r.batch_size, "engine": r.engine, "test": r.test,
             "time_ms": f"{r.seconds * 1e3:.1f}" if measured else "",
             "time_ratio": f"{r.ratio:.2f}" if measured else "",
+            "ratio_range": f"{r.ratio_range[0]:.2f}-{r.ratio_range[1]:.2f}" if measured else "",
             "peak_mib": f"{r.peak_bytes / 2**20:.0f}" if measured else "",
             "memory_ratio": f"{r.peak_bytes / base.peak_bytes:.2f}" if measured and base.peak_bytes > 0 else "",
             "skipped": r.skipped,
@@ -303,15 +337,17 @@ def write_tables(results: list[Result], device: str, args) -> None:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    header = ["model", "b", "engine", "test", "time (ms)", "x plain", "peak (MiB)", "x plain memory", "skipped"]
+    header = ["model", "b", "engine", "test", "time (ms)", "x plain", "x plain, min-max over rounds", "peak (MiB)",
+              "x plain memory", "skipped"]
     lines = [
         f"# Tested step against a plain step ({device})",
         "",
         f"Written by `{' '.join(['scripts/bench_stats.py', *sys.argv[1:]])}` on {machine(device)}, "
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, precision {args.precision}; "
         f"{args.repeats} rounds ({min(args.repeats, args.per_example_repeats)} for "
-        f"{' and '.join(PER_EXAMPLE_ENGINES)}). Time: median; x plain: median over rounds of the ratio to the plain step "
-        "of the same round. Peak memory: above what was resident before the step.",
+        f"{' and '.join(PER_EXAMPLE_ENGINES)}). Each engine timed in a process of its own, next to the plain step. "
+        "Time: median; x plain: median over rounds of the ratio to the plain step of the same round. Peak memory: "
+        "above what was resident before the step.",
         "",
         *worst_overheads(results, args),
         "",
@@ -325,10 +361,14 @@ def write_tables(results: list[Result], device: str, args) -> None:
 def machine(device: str) -> str:
     if device == "cuda":
         return torch.cuda.get_device_name()
+    name, flags = platform.processor() or "unknown CPU", set()
     for line in Path("/proc/cpuinfo").read_text().splitlines():
         if line.startswith("model name"):
-            return f"{line.split(':', 1)[1].strip()} ({os.cpu_count()} cores)"
-    return platform.processor() or "unknown CPU"
+            name = line.split(":", 1)[1].strip()
+        elif line.startswith("flags"):
+            flags = set(line.split(":", 1)[1].split())
+    vector = sorted(flags & {"sse4_2", "avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16"})
+    return f"{name} ({os.cpu_count()} cores; vector extensions: {' '.join(vector) or 'none listed'})"
 
 
 if __name__ == "__main__":

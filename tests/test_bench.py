@@ -1,6 +1,6 @@
-"""scripts/bench_stats.py end to end on the small CNN: it times every configuration, measures its
-memory (in a child process), writes both tables and ends with one worst-overhead line per engine and
-test (what it measures is tested elsewhere)."""
+"""scripts/bench_stats.py end to end on the small CNN: it times every engine in a process of its own,
+measures its memory (in a child process), writes both tables and ends with one worst-overhead line per
+engine and test (what it measures is tested elsewhere)."""
 from __future__ import annotations
 
 import csv
@@ -32,10 +32,13 @@ def test_bench_writes_its_tables_and_worst_overhead_lines(tmp_path):
     ]
     for row in rows:
         assert float(row["time_ms"]) > 0 and float(row["time_ratio"]) > 0
+        low, high = map(float, row["ratio_range"].split("-"))
+        assert low <= float(row["time_ratio"]) <= high
         assert float(row["peak_mib"]) > 0 and float(row["memory_ratio"]) > 0  # measured by the memory child
         if row["engine"] == "plain":
             assert row["time_ratio"] == "1.00" and row["memory_ratio"] == "1.00"
     table = (tmp_path / "cpu.md").read_text()
     assert all(line in table for line in lines)
     assert "2 rounds (1 for opacus and functorch)" in table  # --per-example-repeats' default
+    assert "vector extensions:" in table and "Each engine timed in a process of its own" in table
     assert table.count("| cnn |") == len(rows)
