@@ -24,6 +24,7 @@ The models are the configs' own (model=<name>, dataset=cifar10) on random CIFAR-
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import csv
 import ctypes
@@ -45,6 +46,7 @@ from omegaconf import OmegaConf
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "scripts"))
 
 from adabatch.batch_size import POLICY_CLASSES  # noqa: E402
 from adabatch.data import ArrayDataset, TrainingData, build_augmentation  # noqa: E402
@@ -54,11 +56,13 @@ from adabatch.models import build_model  # noqa: E402
 from adabatch.stats import ENGINES, build_engine, gradient_with_statistics  # noqa: E402
 from adabatch.step import accumulate_gradient  # noqa: E402
 from adabatch.validation import MODEL_KEYS_NOT_OPTIONS  # noqa: E402
+from bench_anchors import ANCHORS, build_anchor  # noqa: E402
 
 TESTS = ("norm", "inner_product", "augmented_inner_product", "coordinate_norm")
 MODELS = ("cnn", "resnet18", "vit")
 REPORTED_SIZE = 128  # the worst-overhead lines compare the models at this batch size
-PER_EXAMPLE_ENGINES = ("opacus", "functorch")
+# Engines that form every per-example gradient: this project's exact ones, and the anchors (bench_anchors.py)
+PER_EXAMPLE_ENGINES = ("opacus", "functorch", *ANCHORS)
 
 
 @dataclass
@@ -104,7 +108,8 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
     parser.add_argument("--sizes", nargs="+", type=int, default=[32, 128, 512])
-    parser.add_argument("--engines", nargs="*", default=list(ENGINES), choices=ENGINES, help="none: the plain step only")
+    parser.add_argument("--engines", nargs="*", default=[*ENGINES, *ANCHORS], choices=[*ENGINES, *ANCHORS],
+                        help="none: the plain step only; " + "; ".join(f"{k}: {v}" for k, v in ANCHORS.items()))
     parser.add_argument("--tests", nargs="+", default=list(TESTS), choices=TESTS)
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds after one warm-up round")
     parser.add_argument("--per-example-repeats", type=int, default=1,
@@ -133,7 +138,8 @@ class Bench:
         self.device, self.args = device, args
         self.model = build_config_model(model_name).to(device)
         self.data = random_cifar(max(args.sizes), device)
-        self.engines = {name: build_engine(name, copy.deepcopy(self.model)) for name in args.engines}
+        self.engines = {name: build_anchor(name, self.model) if name in ANCHORS else build_engine(name, copy.deepcopy(self.model))
+                        for name in args.engines}
         self.autocast = make_autocast(device, args.precision)
         self.n_params = sum(p.numel() for p in self.model.parameters())
 
@@ -149,7 +155,10 @@ class Bench:
                     skipped[(name, test)] = f"needs ~{per_example_bytes / 2**30:.0f} GiB of per-example gradients"
                     continue
                 needs = POLICY_CLASSES[test].needs
-                steps[(name, test)] = (lambda e=engine, n=needs: gradient_with_statistics(e, data, batch, size, n, "global", autocast))
+                if name in ANCHORS:
+                    steps[(name, test)] = lambda e=engine, n=needs: anchor_step(e, data, batch, n, autocast)
+                else:
+                    steps[(name, test)] = (lambda e=engine, n=needs: gradient_with_statistics(e, data, batch, size, n, "global", autocast))
         return steps, skipped
 
     def clear_gradients(self) -> None:
@@ -180,6 +189,11 @@ class Bench:
         Path("/proc/self/clear_refs").write_text("5")  # restart the peak resident set size (VmHWM) from now
         step()
         return (proc_status_kib("VmHWM") - before) * 1024
+
+
+def anchor_step(anchor, data, batch, needs, autocast):
+    with autocast or contextlib.nullcontext():
+        return anchor.step(*data.examples(batch), needs)
 
 
 def bench_device(device: torch.device, args) -> list[Result]:
@@ -345,7 +359,9 @@ def write_tables(results: list[Result], device: str, args) -> None:
         f"Written by `{' '.join(['scripts/bench_stats.py', *sys.argv[1:]])}` on {machine(device)}, "
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, precision {args.precision}; "
         f"{args.repeats} rounds ({min(args.repeats, args.per_example_repeats)} for "
-        f"{' and '.join(PER_EXAMPLE_ENGINES)}). Each engine timed in a process of its own, next to the plain step. "
+        f"{', '.join(PER_EXAMPLE_ENGINES)}). Each engine timed in a process of its own, next to the plain step. "
+        + "".join(f"{k}: {v}, float32, the leanest code a user of that library would write for the test's statistics. "
+                  for k, v in ANCHORS.items()) +
         "Time: median; x plain: median over rounds of the ratio to the plain step of the same round. Peak memory: "
         "above what was resident before the step.",
         "",

@@ -8,7 +8,14 @@ import re
 import subprocess
 import sys
 
-from helpers import ROOT
+import pytest
+import torch
+from helpers import ROOT, tiny_problem
+
+from adabatch.stats import Needs, build_engine, gradient_with_statistics
+
+sys.path.insert(0, str(ROOT / "scripts"))
+from bench_anchors import ANCHORS, build_anchor  # noqa: E402
 
 ENGINES, TESTS = ("ghost", "functorch"), ("norm", "coordinate_norm")
 
@@ -39,6 +46,21 @@ def test_bench_writes_its_tables_and_worst_overhead_lines(tmp_path):
             assert row["time_ratio"] == "1.00" and row["memory_ratio"] == "1.00"
     table = (tmp_path / "cpu.md").read_text()
     assert all(line in table for line in lines)
-    assert "2 rounds (1 for opacus and functorch)" in table  # --per-example-repeats' default
+    assert "2 rounds (1 for opacus, functorch, opacus-user, functorch-user)" in table  # --per-example-repeats' default
     assert "vector extensions:" in table and "Each engine timed in a process of its own" in table
     assert table.count("| cnn |") == len(rows)
+
+
+@pytest.mark.parametrize("anchor", ANCHORS)
+def test_the_anchors_compute_the_exact_engines_statistics_in_float32(anchor):
+    model, data, batch = tiny_problem("cnn")
+    model = model.model.float()  # the anchors run in the model's float32, as users would
+    x, y = data.examples(batch)
+    needs = Needs(inner_products=True, coordinates=True)
+    exact = gradient_with_statistics(build_engine("ghost", model), data, batch, len(batch), needs)[1]
+    found = build_anchor(anchor, model).step(x, y, needs)
+    assert float(found["mean_sq"]) == pytest.approx(exact.grad_sq_norm, rel=1e-4)
+    for key in ("norm_var", "ip_var", "orth_var"):
+        assert float(found[key]) == pytest.approx(getattr(exact, key), rel=1e-3), key
+    for mine, theirs in zip(found["coordinate_var"], exact.coord_var):
+        torch.testing.assert_close(mine.double(), theirs, rtol=1e-3, atol=1e-9)
