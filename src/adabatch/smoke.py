@@ -66,7 +66,7 @@ class SmokeResult:
 def smoke_run(
     run: str, cfg: DictConfig, micro: int | str, first_cap: int | None = None, first_step: bool = True
 ) -> SmokeResult:
-    """`micro`: the micro-batch size, or "auto" (what the run would choose, at most a quarter of the
+    """`micro`: the micro-batch size, or "auto" (what the run would choose, at most an eighth of the
     training set so that 8 micro-batches are a batch). `first_step=False` skips step 1 (the test
     suite's subset); `first_cap` caps its batch size."""
     exp = build_experiment(cfg)
