@@ -208,6 +208,8 @@ class DenseRule(LayerRule):
         forming_is_cheaper = d_in * d_out <= FORM_RATIO[keep_formed] * positions * (d_in + d_out)
         if not (coordinates or forming_is_cheaper):  # the Gram form, a chunk of examples at a time
             sq_norm = torch.zeros((), dtype=rows.dtype, device=rows.device)
+            # Not TRANSIENT_SHARE of the pass: a chunk's patches and Gram matrices stay within this layer's
+            # own input and output gradient, which the pass holds anyway (and at least MIN_CHUNK_ELEMENTS).
             budget = max(a.numel() + delta.numel(), MIN_CHUNK_ELEMENTS)
             for chunk in chunks(n, budget // (patch_elements + 2 * positions**2)):
                 inputs, outputs = self.patches(a[chunk]), rows[chunk]
