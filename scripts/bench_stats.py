@@ -31,7 +31,6 @@ import ctypes
 import gc
 import json
 import os
-import platform
 import random
 import statistics
 import subprocess
@@ -52,6 +51,8 @@ from adabatch.batch_size import POLICY_CLASSES  # noqa: E402
 from adabatch.data import ArrayDataset, TrainingData, build_augmentation  # noqa: E402
 from adabatch.data.sources import DATASET_SHAPES  # noqa: E402
 from adabatch.device import autocast as make_autocast  # noqa: E402
+from adabatch.device import describe, synchronize  # noqa: E402
+from adabatch.memory import free_bytes  # noqa: E402
 from adabatch.models import build_model  # noqa: E402
 from adabatch.stats import ENGINES, build_engine, gradient_with_statistics  # noqa: E402
 from adabatch.step import accumulate_gradient  # noqa: E402
@@ -151,7 +152,7 @@ class Bench:
         per_example_bytes = size * self.n_params * 4 * 2  # per-example gradients (float32), and a transient of their size
         for name, engine in self.engines.items():
             for test in self.args.tests:
-                if name in PER_EXAMPLE_ENGINES and per_example_bytes > self.args.memory_fraction * free_memory(self.device):
+                if name in PER_EXAMPLE_ENGINES and per_example_bytes > self.args.memory_fraction * free_bytes(self.device):
                     skipped[(name, test)] = f"needs ~{per_example_bytes / 2**30:.0f} GiB of per-example gradients"
                     continue
                 needs = POLICY_CLASSES[test].needs
@@ -178,11 +179,11 @@ class Bench:
         self.clear_gradients()
         gc.collect()
         if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+            synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
             before = torch.cuda.memory_allocated(self.device)
             step()
-            torch.cuda.synchronize(self.device)
+            synchronize(self.device)
             return torch.cuda.max_memory_allocated(self.device) - before
         LIBC.malloc_trim(0)  # return freed memory, so that reusing it counts again
         before = proc_status_kib("VmRSS")
@@ -303,17 +304,6 @@ def proc_kib(path: str, field: str) -> int:
     raise RuntimeError(f"{path} has no {field}")
 
 
-def free_memory(device: torch.device) -> int:
-    if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
-    return proc_kib("/proc/meminfo", "MemAvailable") * 1024
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def ratios(results: list[Result]) -> list[dict]:
     plain = {(r.model, r.batch_size): r for r in results if r.engine == "plain"}
     rows = []
@@ -356,7 +346,7 @@ def write_tables(results: list[Result], device: str, args) -> None:
     lines = [
         f"# Tested step against a plain step ({device})",
         "",
-        f"Written by `{' '.join(['scripts/bench_stats.py', *sys.argv[1:]])}` on {machine(device)}, "
+        f"Written by `{' '.join(['scripts/bench_stats.py', *sys.argv[1:]])}` on {describe(torch.device(device))}, "
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, precision {args.precision}; "
         f"{args.repeats} rounds ({min(args.repeats, args.per_example_repeats)} for "
         f"{', '.join(PER_EXAMPLE_ENGINES)}). Each engine timed in a process of its own, next to the plain step. "
@@ -372,19 +362,6 @@ def write_tables(results: list[Result], device: str, args) -> None:
     ]
     lines += ["| " + " | ".join(str(v) for v in row.values()) + " |" for row in rows]
     (args.out / f"{device}.md").write_text("\n".join(lines) + "\n")
-
-
-def machine(device: str) -> str:
-    if device == "cuda":
-        return torch.cuda.get_device_name()
-    name, flags = platform.processor() or "unknown CPU", set()
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            name = line.split(":", 1)[1].strip()
-        elif line.startswith("flags"):
-            flags = set(line.split(":", 1)[1].split())
-    vector = sorted(flags & {"sse4_2", "avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16"})
-    return f"{name} ({os.cpu_count()} cores; vector extensions: {' '.join(vector) or 'none listed'})"
 
 
 if __name__ == "__main__":

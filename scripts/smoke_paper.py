@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import subprocess
 import sys
 import time
@@ -21,7 +20,7 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from adabatch.data.standin import write_standin_dataset
-from adabatch.device import resolve_device
+from adabatch.device import describe, resolve_device
 from adabatch.micro_batch import AUTO
 from adabatch.smoke import MEMORY_GROWTH_ALLOWED, MICRO_BATCHES, TIMED_MICRO_BATCHES, matmul_flops_per_second, smoke_run
 
@@ -62,14 +61,8 @@ def write_standins(data_dir: Path) -> None:
 
 
 def machine(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}, CUDA {torch.version.cuda}"
-    name = platform.processor() or platform.machine()
-    try:
-        name = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{name}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+    software = f"torch {torch.__version__}" + (f", CUDA {torch.version.cuda}" if device.type == "cuda" else "")
+    return f"{describe(device)}, {torch.get_num_threads()} threads, {software}"
 
 
 def mib(value: int) -> str:

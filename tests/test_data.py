@@ -1,7 +1,6 @@
 import gzip
 import pickle
 from collections import Counter
-from pathlib import Path
 from urllib.error import URLError
 
 import numpy as np

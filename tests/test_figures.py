@@ -31,7 +31,6 @@ from adabatch.analysis.frontier import (
     frontier_rows,
     frontier_series,
     levels_below,
-    percent,
 )
 from adabatch.analysis.runs import load_run, method_labels
 from adabatch.analysis.tables import samples_before_the_cap, table_rows, write_frontier_tables, write_tables

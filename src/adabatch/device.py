@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import platform
+from pathlib import Path
 
 import torch
 
@@ -29,3 +32,28 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
     if precision == "fp32":
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (a no-op on the CPU): before reading a clock or a memory count."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+VECTOR_EXTENSIONS = ("sse4_2", "avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16")
+
+
+def describe(device: torch.device) -> str:
+    """The machine a measurement ran on: the GPU's name, or the CPU's model, cores and vector extensions
+    (timings and their ratios change with them)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    name, flags = platform.processor() or "unknown CPU", set()
+    cpuinfo = Path("/proc/cpuinfo")
+    for line in cpuinfo.read_text().splitlines() if cpuinfo.exists() else []:
+        if line.startswith("model name"):
+            name = line.split(":", 1)[1].strip()
+        elif line.startswith("flags"):
+            flags = set(line.split(":", 1)[1].split())
+    vector = [f for f in VECTOR_EXTENSIONS if f in flags]
+    return f"{name} ({os.cpu_count()} cores; vector extensions: {' '.join(vector) or 'none listed'})"

@@ -18,6 +18,8 @@ from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
+from .device import synchronize
+
 
 @dataclass
 class Measurement:
@@ -77,7 +79,7 @@ class TensorMemory(TorchDispatchMode):
 
 
 class MemoryGauge:
-    """Measures a block's peak memory on one device; `available_bytes` is what a step may take."""
+    """Measures a block's peak memory on one device; past `limit_bytes` the block is out of memory."""
 
     def __init__(self, device: torch.device, limit_bytes: int | None = None) -> None:
         self.device = device
@@ -87,11 +89,11 @@ class MemoryGauge:
     def measure(self) -> Iterator[Measurement]:
         result = Measurement()
         if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+            synchronize(self.device)
             before = torch.cuda.memory_allocated(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
             yield result
-            torch.cuda.synchronize(self.device)
+            synchronize(self.device)
             result.peak_bytes = torch.cuda.max_memory_allocated(self.device) - before
             if self.limit_bytes is not None and result.peak_bytes > self.limit_bytes:
                 raise torch.OutOfMemoryError(f"the step took {result.peak_bytes} bytes, above the {self.limit_bytes} allowed")
@@ -103,15 +105,12 @@ class MemoryGauge:
             finally:
                 result.peak_bytes = counter.peak
 
-    def available_bytes(self) -> int | None:
-        """What a step may allocate: the limit if one is set, else the device's free memory (None
-        where it cannot be read)."""
-        if self.limit_bytes is not None:
-            return self.limit_bytes
-        if self.device.type == "cuda":  # free on the device, and held by torch's cache but unused
-            cached = torch.cuda.memory_reserved(self.device) - torch.cuda.memory_allocated(self.device)
-            return torch.cuda.mem_get_info(self.device)[0] + cached
-        return _available_ram()
+def free_bytes(device: torch.device) -> int | None:
+    """The memory a step could allocate on `device` now (None where it cannot be read)."""
+    if device.type == "cuda":  # free on the device, and held by torch's cache but unused
+        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        return torch.cuda.mem_get_info(device)[0] + cached
+    return _available_ram()
 
 
 def _available_ram() -> int | None:

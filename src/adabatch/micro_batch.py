@@ -23,7 +23,7 @@ import torch
 
 from .checkpoint import rng_state, set_rng_state
 from .data import Batch
-from .memory import MemoryGauge
+from .memory import MemoryGauge, free_bytes
 from .stats import gradient_with_statistics
 from .step import accumulate_gradient
 
@@ -84,12 +84,14 @@ def choose_max_micro(exp: Experiment, memory_gb: float | None = None) -> MicroBa
     every rank searches on its own device and all take the smallest."""
     upper = math.ceil(exp.policy.max / exp.world.size)
     lower = 2 if exp.engine is not None else 1  # the tests' statistics need two examples
-    gauge = MemoryGauge(exp.device, None if memory_gb is None else int(memory_gb * 2**30))
-    available = gauge.available_bytes()
-    limit = None if available is None else int(available * (1.0 if memory_gb is not None else SAFETY))
+    if memory_gb is not None:
+        limit = int(memory_gb * 2**30)
+    else:
+        free = free_bytes(exp.device)
+        limit = None if free is None else int(free * SAFETY)
     if limit is None:
         upper = min(upper, CPU_DEFAULT_MAX_MICRO)
-    gauge.limit_bytes = limit
+    gauge = MemoryGauge(exp.device, limit)
     trials: list[tuple[int, int | None]] = []
 
     def fits(size: int) -> bool:

@@ -20,9 +20,10 @@ from dataclasses import asdict, dataclass, field
 import torch
 from omegaconf import DictConfig
 
+from .device import synchronize
 from .memory import Measurement, MemoryGauge
 from .micro_batch import AUTO, choose_max_micro
-from .training import Experiment, batch_gradient, build_experiment, divergence
+from .training import batch_gradient, build_experiment, divergence
 
 MICRO_BATCHES = (2, 4, 8)  # steps of this many micro-batches: peak memory measured at each
 TIMED_MICRO_BATCHES = 4  # step time: the faster of two such steps
@@ -79,13 +80,13 @@ def smoke_run(
     def step(size: int, tested: bool, measure: bool) -> tuple[float, int | None]:
         batch = exp.data.draw(size)
         gauge = MemoryGauge(exp.device)
-        _synchronize(exp)
+        synchronize(exp.device)
         started = time.perf_counter()
         with gauge.measure() if measure else contextlib.nullcontext(Measurement()) as measured:
             exp.optimizer.zero_grad(set_to_none=True)
             loss, statistics = batch_gradient(exp, batch, micro, tested)
             exp.optimizer.step()
-        _synchronize(exp)
+        synchronize(exp.device)
         seconds = time.perf_counter() - started
         problem = divergence(loss.item(), statistics)
         if problem:
@@ -116,22 +117,15 @@ def smoke_run(
     )
 
 
-def _synchronize(exp: Experiment) -> None:
-    if exp.device.type == "cuda":
-        torch.cuda.synchronize(exp.device)
-
-
 def matmul_flops_per_second(device: torch.device, size: int = 2048, repeats: int = 10) -> float:
     """float32 matrix-multiply throughput of `device`: the yardstick of the GPU-hour estimate."""
     a, b = (torch.randn(size, size, device=device) for _ in range(2))
     a @ b  # warm up
     best = math.inf
     for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        synchronize(device)
         started = time.perf_counter()
         a @ b
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        synchronize(device)
         best = min(best, time.perf_counter() - started)
     return 2 * size**3 / best

@@ -109,8 +109,7 @@ class LoopState:
     """The loop's counters and settings: with the components' own states, all a checkpoint needs to continue."""
 
     batch_size: int  # of the next step
-    max_micro: int | None = None  # examples per micro-batch at most: batch_size.max_micro, or what auto chose
-    max_micro_auto: dict[str, Any] | None = None  # the search behind an automatic max_micro (MicroBatchChoice)
+    max_micro_auto: dict[str, Any] | None = None  # with batch_size.max_micro=auto, what it chose (MicroBatchChoice)
     step: int = 0
     samples: int = 0
     train_time: float = 0.0  # seconds in training steps, over all the run's processes
@@ -118,13 +117,13 @@ class LoopState:
     resumes: int = 0
 
 
-def micro_batch_limit(cfg: DictConfig, exp: Experiment, reporter: Reporter) -> tuple[int, dict[str, Any] | None]:
-    """batch_size.max_micro, or with `auto` the size found by trying steps (and the search's record)."""
+def micro_batch_search(cfg: DictConfig, exp: Experiment, reporter: Reporter) -> dict[str, Any] | None:
+    """With batch_size.max_micro=auto, the record of the size found by trying steps; else None."""
     if cfg.batch_size.max_micro != AUTO:
-        return cfg.batch_size.max_micro, None
+        return None
     choice = choose_max_micro(exp, cfg.batch_size.max_micro_memory_gb)
     reporter.note(choice.describe())
-    return choice.max_micro, choice.record()
+    return choice.record()
 
 
 def divergence(train_loss: float, statistics: BatchStatistics | None) -> str | None:
@@ -186,10 +185,9 @@ def train(cfg: DictConfig, run_dir: Path, world: World = SINGLE_PROCESS) -> dict
         loop = LoopState(**checkpoint["loop"])
         loop.resumes += 1
     else:
-        max_micro, search = micro_batch_limit(cfg, exp, reporter)
-        loop = LoopState(exp.policy.initial, max_micro=max_micro, max_micro_auto=search)
+        loop = LoopState(exp.policy.initial, max_micro_auto=micro_batch_search(cfg, exp, reporter))
         run_evaluation(0, 0)
-    max_micro = loop.max_micro or cfg.batch_size.max_micro  # a checkpoint older than the field: the config's number
+    max_micro = loop.max_micro_auto["max_micro"] if loop.max_micro_auto else cfg.batch_size.max_micro
     wall_before = loop.wall_time
 
     def wall_time() -> float:
