@@ -170,9 +170,10 @@ class DenseRule(LayerRule):
     def weight_gradient(self, a: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
         """sum_i g_i of the weight, as autograd would compute it."""
 
-    def form(self, a: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
-        """(c, d_out, d_in): the weight's per-example gradients of the c examples in (a, delta)."""
-        return self.output_rows(delta).transpose(1, 2) @ self.patches(a)
+    def form(self, a: torch.Tensor, delta: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """(c, d_out, d_in): the weight's per-example gradients of the c examples in (a, delta), in `out`
+        where given (a rule may return new memory instead)."""
+        return torch.bmm(self.output_rows(delta).transpose(1, 2), self.patches(a), out=out)
 
     builds_patches = False  # whether `patches` builds new memory (unfolding) rather than a view
 
@@ -216,21 +217,29 @@ class DenseRule(LayerRule):
                 sq_norm += ((inputs @ inputs.transpose(1, 2)) * (outputs @ outputs.transpose(1, 2))).sum()
             return LayerSums([self.weight_gradient(a, delta)], [sq_norm], None, apply_and_dot)
 
-        grad = torch.zeros_like(weight)
+        grad = torch.zeros(1, d_out * d_in, dtype=weight.dtype, device=weight.device)
         sq_norm = torch.zeros((), dtype=rows.dtype, device=rows.device)
-        coord_sq = torch.zeros_like(weight) if coordinates else None
+        coord_sq = torch.zeros_like(grad) if coordinates else None
         formed = []
         form_elements = d_out * d_in + (patch_elements if self.forms_from_patches(a, delta) else 0)
-        for chunk in chunks(n, budget // form_elements):
-            grads = self.form(a[chunk], delta[chunk])
-            grad += grads.sum(0).view_as(weight)
+        size = max(1, min(n, budget // form_elements))
+        # Unless kept, every chunk's gradients go to one buffer (a new tensor this large is fresh memory,
+        # whose first touch costs more than the arithmetic), and its sums over examples are matrix
+        # products with a row of ones, accumulated in place: twice as fast as sum(0) and an addition.
+        buffer = None if keep_formed else torch.empty(size, d_out, d_in, dtype=weight.dtype, device=weight.device)
+        ones = torch.ones(1, size, dtype=weight.dtype, device=weight.device)
+        for chunk in chunks(n, size):
+            count = len(range(n)[chunk])
+            grads = self.form(a[chunk], delta[chunk], None if buffer is None else buffer[:count])
+            grad.addmm_(ones[:, :count], grads.view(count, -1))
             if keep_formed:
                 formed.append(grads)
             squares = grads.square() if keep_formed else grads.square_()
             if coordinates:
-                coord_sq += squares.sum(0).view_as(weight)
+                coord_sq.addmm_(ones[:, :count], squares.view(count, -1))
             else:  # a dot product would skip the squares but round far worse (float32 accumulation)
                 sq_norm += squares.sum()
+        grad, coord_sq = grad.view_as(weight), None if coord_sq is None else coord_sq.view_as(weight)
         inner_products = apply_and_dot
         if keep_formed:
             inner_products = lambda directions: [torch.cat([g.flatten(1) @ directions[0].flatten() for g in formed])]  # noqa: E731
@@ -301,9 +310,9 @@ class Conv2dRule(DenseRule):
     def forms_from_patches(self, a, delta):
         return a.shape[1] not in GROUPED_CONV_CHANNELS or delta[0, 0].numel() < GROUPED_CONV_MIN_POSITIONS
 
-    def form(self, a, delta):
+    def form(self, a, delta, out=None):
         if self.forms_from_patches(a, delta):
-            return super().form(a, delta)
+            return super().form(a, delta, out)
         n, channels = a.shape[:2]
         # Each example as one group of a single grouped convolution: its weight gradient is g_i.
         shape = (n * self.module.out_channels, *self.module.weight.shape[1:])
