@@ -1,6 +1,7 @@
 """What a tested step costs next to a plain training step, for each statistics engine and test.
 
-    .venv/bin/python scripts/bench_stats.py              # the full table: results/bench/<device>.md, .csv
+    .venv/bin/python scripts/bench_stats.py              # the committed table (make bench): results/bench/<device>.md, .csv
+    .venv/bin/python scripts/bench_stats.py --sizes 32 128 512 --per-example-models cnn resnet18 vit  # everything
     .venv/bin/python scripts/bench_stats.py --models vit --sizes 128 --engines ghost --out /tmp/bench
 
 A plain step is the forward and backward of a batch (`accumulate_gradient`); a tested step is the
@@ -95,8 +96,15 @@ def main() -> None:
         return
     for device in devices:
         results = []
-        for group in engine_groups(args.engines):  # the plain step's own row comes from the first process
-            results += [r for r in time_in_child(device, group, args) if r.engine != "plain" or not results]
+        for group in engine_groups(args.engines):
+            models = [m for m in args.models if group[0] not in PER_EXAMPLE_ENGINES or m in args.per_example_models]
+            if models:  # the plain step's row from the first process that timed it
+                timed = {(r.model, r.batch_size) for r in results if r.engine == "plain"}
+                results += [r for r in time_in_child(device, group, models, args)
+                            if r.engine != "plain" or (r.model, r.batch_size) not in timed]
+            results += [Result(m, size, engine, test, skipped=f"not run on {m} (--per-example-models)")
+                        for m in args.models if m not in models for size in args.sizes for engine in group
+                        for test in args.tests]
         results.sort(key=lambda r: (args.models.index(r.model), r.batch_size, r.engine != "plain",
                                     args.engines.index(r.engine) if r.engine != "plain" else -1,
                                     args.tests.index(r.test) if r.test else -1))
@@ -108,14 +116,17 @@ def main() -> None:
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
-    parser.add_argument("--sizes", nargs="+", type=int, default=[32, 128, 512])
+    parser.add_argument("--sizes", nargs="+", type=int, default=[REPORTED_SIZE])
     parser.add_argument("--engines", nargs="*", default=[*ENGINES, *ANCHORS], choices=[*ENGINES, *ANCHORS],
                         help="none: the plain step only; " + "; ".join(f"{k}: {v}" for k, v in ANCHORS.items()))
     parser.add_argument("--tests", nargs="+", default=list(TESTS), choices=TESTS)
-    parser.add_argument("--repeats", type=int, default=5, help="timed rounds after one warm-up round")
+    parser.add_argument("--repeats", type=int, default=7, help="timed rounds after one warm-up round")
     parser.add_argument("--per-example-repeats", type=int, default=1,
                         help="of those rounds, how many time the per-example engines (opacus, functorch): at 2x to "
                              "30x a plain step they dominate the run, and one round places them well enough")
+    parser.add_argument("--per-example-models", nargs="*", default=["cnn", "vit"], choices=MODELS,
+                        help="the models on which the per-example engines run (on 2 CPU cores ResNet-18's take about a "
+                             "minute a step at b=128: half an hour for its rows)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"), help="bf16: autocast (CUDA or CPU)")
     parser.add_argument("--memory-fraction", type=float, default=0.5,
@@ -235,8 +246,8 @@ def engine_groups(engines: list[str]) -> list[list[str]]:
     return [shared, *own] if shared or not own else own
 
 
-def time_in_child(device: str, engines: list[str], args) -> list[Result]:
-    command = [sys.executable, __file__, "--timing-only", "--device", device, "--models", *args.models,
+def time_in_child(device: str, engines: list[str], models: list[str], args) -> list[Result]:
+    command = [sys.executable, __file__, "--timing-only", "--device", device, "--models", *models,
                "--sizes", *map(str, args.sizes), "--tests", *args.tests, "--precision", args.precision,
                "--repeats", str(args.repeats), "--per-example-repeats", str(args.per_example_repeats),
                "--memory-fraction", str(args.memory_fraction), "--engines", *engines]
@@ -308,7 +319,7 @@ def ratios(results: list[Result]) -> list[dict]:
     plain = {(r.model, r.batch_size): r for r in results if r.engine == "plain"}
     rows = []
     for r in results:
-        base = plain[(r.model, r.batch_size)]
+        base = plain.get((r.model, r.batch_size))
         measured = r.seconds is not None
         rows.append({
             "model": r.model, "batch_size": r.batch_size, "engine": r.engine, "test": r.test,
@@ -316,7 +327,7 @@ def ratios(results: list[Result]) -> list[dict]:
             "time_ratio": f"{r.ratio:.2f}" if measured else "",
             "ratio_range": f"{r.ratio_range[0]:.2f}-{r.ratio_range[1]:.2f}" if measured else "",
             "peak_mib": f"{r.peak_bytes / 2**20:.0f}" if measured else "",
-            "memory_ratio": f"{r.peak_bytes / base.peak_bytes:.2f}" if measured and base.peak_bytes > 0 else "",
+            "memory_ratio": f"{r.peak_bytes / base.peak_bytes:.2f}" if measured and base and base.peak_bytes > 0 else "",
             "skipped": r.skipped,
         })
     return rows

@@ -51,6 +51,19 @@ def test_bench_writes_its_tables_and_worst_overhead_lines(tmp_path):
     assert table.count("| cnn |") == len(rows)
 
 
+def test_per_example_engines_run_only_on_the_models_asked_for(tmp_path):
+    subprocess.run(
+        [sys.executable, ROOT / "scripts" / "bench_stats.py", "--models", "cnn", "--sizes", "32", "--engines", "ghost",
+         "functorch", "--tests", "norm", "--repeats", "1", "--device", "cpu", "--per-example-models", "--out", tmp_path],
+        capture_output=True, text=True, timeout=300, check=True,
+    )
+    with open(tmp_path / "cpu.csv") as f:
+        rows = {(r["engine"], r["test"]): r for r in csv.DictReader(f)}
+    assert list(rows) == [("plain", ""), ("ghost", "norm"), ("functorch", "norm")]
+    assert float(rows[("ghost", "norm")]["time_ratio"]) > 0 and not rows[("ghost", "norm")]["skipped"]
+    assert rows[("functorch", "norm")]["time_ms"] == "" and "--per-example-models" in rows[("functorch", "norm")]["skipped"]
+
+
 @pytest.mark.parametrize("anchor", ANCHORS)
 def test_the_anchors_compute_the_exact_engines_statistics_in_float32(anchor):
     model, data, batch = tiny_problem("cnn")
