@@ -23,6 +23,7 @@ from adabatch.data import DatasetUnavailable
 from adabatch.distributed import current_world, join_process_group, leave_process_group
 from adabatch.preemption import PREEMPTED_EXIT_CODE
 from adabatch.training import train
+from adabatch.validation import ConfigError
 
 log = logging.getLogger("adabatch")
 
@@ -32,7 +33,7 @@ def main(cfg: DictConfig) -> float | None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
         summary = train(cfg, run_dir, current_world())
-    except (ValueError, DatasetUnavailable) as error:
+    except (ConfigError, DatasetUnavailable) as error:  # raised before anything is written; any other error is a bug
         remove_if_empty(run_dir)
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
