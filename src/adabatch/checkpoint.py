@@ -16,7 +16,7 @@ import torch
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
-from .records import CONFIG_FILE, SUMMARY_FILE, write_atomic
+from .records import CONFIG_FILE, METRICS_FILE, MODEL_FILE, PACKED_METRICS_FILE, SUMMARY_FILE, write_atomic
 from .validation import ConfigError
 
 if TYPE_CHECKING:
@@ -48,6 +48,13 @@ def remove_temporary_files(run_dir: Path) -> None:
     """Temporary files of writes that a kill interrupted (the files they were replacing are intact)."""
     for tmp in run_dir.glob(".*.tmp"):
         tmp.unlink(missing_ok=True)
+
+
+def remove_earlier_run(run_dir: Path) -> None:
+    """Before a fresh start writes anything: an earlier run's files, each removed at once, the summary
+    first, so that a kill in between leaves a part of the earlier run (never marked as ended), not a mix."""
+    for name in (SUMMARY_FILE, CHECKPOINT_FILE, MODEL_FILE, PACKED_METRICS_FILE, METRICS_FILE, CONFIG_FILE):
+        (run_dir / name).unlink(missing_ok=True)
 
 
 def rng_state() -> dict[str, Any]:
