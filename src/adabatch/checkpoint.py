@@ -16,6 +16,7 @@ import torch
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
+from .config_keys import KEYS_NOT_CHANGING_TRAINING
 from .records import CONFIG_FILE, METRICS_FILE, MODEL_FILE, PACKED_METRICS_FILE, SUMMARY_FILE, write_atomic
 from .validation import ConfigError
 
@@ -25,12 +26,6 @@ if TYPE_CHECKING:
 
 CHECKPOINT_FILE = "checkpoint.pt"
 FORMAT = 1
-# Keys that may change between the start of a run and its resumption: they do not change results
-# (another statistics engine changes only the rounding of the statistics; a resumed run keeps the
-# micro-batch size that max_micro=auto chose, whatever memory it is given now).
-MAY_CHANGE_ON_RESUME = (
-    "resume", "logger", "train.progress_every_s", "data_dir", "batch_size.engine", "batch_size.max_micro_memory_gb",
-)
 
 
 def save_checkpoint(run_dir: Path, state: dict[str, Any]) -> None:
@@ -115,7 +110,7 @@ def check_same_config(cfg: DictConfig, run_dir: Path) -> None:
     before = flatten(yaml.safe_load((run_dir / CONFIG_FILE).read_text()))
     now = flatten(OmegaConf.to_container(cfg, resolve=True))
     for key in sorted(before.keys() | now.keys()):
-        if key.startswith(MAY_CHANGE_ON_RESUME):
+        if key.startswith(KEYS_NOT_CHANGING_TRAINING):  # they may change on resuming
             continue
         if before.get(key, "<absent>") != now.get(key, "<absent>"):
             raise ConfigError(
