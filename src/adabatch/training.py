@@ -22,7 +22,7 @@ from .device import autocast, resolve_device
 from .distributed import SINGLE_PROCESS, World
 from .micro_batch import AUTO, choose_max_micro
 from .milestones import crossed, early_evaluation_points, evaluation_due
-from .models import build_model
+from .models import build_model, normalization_of
 from .optim import build_optimizer
 from .preemption import PREEMPTED_EXIT_CODE, StopRequest
 from .records import read_summary
@@ -162,7 +162,8 @@ def _train(cfg: DictConfig, run_dir: Path, world: World) -> dict[str, Any]:
     checkpoint = load_checkpoint(run_dir) if start == "resume" else None
     if world.is_main:
         remove_temporary_files(run_dir)
-    reporter = Reporter(cfg, run_dir, writes=world.is_main, resume=checkpoint["reporter"] if checkpoint else None)
+    reporter = Reporter(cfg, run_dir, normalization_of(exp.model), writes=world.is_main,
+                        resume=checkpoint["reporter"] if checkpoint else None)
     started = time.perf_counter()
 
     def run_evaluation(step: int, samples: int) -> None:
