@@ -17,6 +17,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from .config_keys import KEYS_NOT_CHANGING_TRAINING
+from .random_state import rng_state, set_rng_state
 from .records import CONFIG_FILE, METRICS_FILE, MODEL_FILE, PACKED_METRICS_FILE, SUMMARY_FILE, write_atomic
 from .validation import ConfigError
 
@@ -50,16 +51,6 @@ def remove_earlier_run(run_dir: Path) -> None:
     first, so that a kill in between leaves a part of the earlier run (never marked as ended), not a mix."""
     for name in (SUMMARY_FILE, CHECKPOINT_FILE, MODEL_FILE, PACKED_METRICS_FILE, METRICS_FILE, CONFIG_FILE):
         (run_dir / name).unlink(missing_ok=True)
-
-
-def rng_state() -> dict[str, Any]:
-    return {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None}
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] is not None:
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def write_checkpoint(exp: Experiment, loop: LoopState, reporter: Reporter, run_dir: Path) -> None:
