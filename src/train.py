@@ -6,8 +6,9 @@ model.pt. Rerunning the same command in the same run directory resumes it from i
 Under `torchrun --nproc_per_node=N src/train.py ...` the N ranks train one run with DDP, and rank 0
 writes it.
 
-Exit codes: 0 (completed, or diverged: see summary.json), 2 (a bad config or missing data: one line
-on stderr, nothing written), 75 (stopped by SIGTERM/SIGUSR1 after a checkpoint: run it again to resume).
+Exit codes: 0 (completed, or diverged: see summary.json), 2 (a bad config, missing data, or a run
+directory that another process holds: one line on stderr, nothing written), 75 (stopped by
+SIGTERM/SIGUSR1 after a checkpoint: run it again to resume); 1 for any other error (a traceback).
 """
 from __future__ import annotations
 
