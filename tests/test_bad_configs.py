@@ -44,13 +44,13 @@ BAD_CONFIGS = {  # overrides: what the error line must say
     "optimizer.lr=abc": "optimizer.lr=abc must be a number > 0",
     "seed=-1": "seed=-1 must be an integer from 0 to 18446744073709551615",
     "seed=1.5": "seed=1.5 must be an integer from 0 to",
-    "schedule=cosine schedule.final_factor=-1": "schedule.final_factor=-1 must be a number in [0, 1]",
+    "schedule=cosine schedule.final_factor=-1": "schedule.final_factor=-1 must be a number >= 0",
     "schedule=multistep schedule.milestones=[500,100]":
         "schedule.milestones=[500, 100] must be a list of strictly increasing integers >= 1",
     "schedule=multistep schedule.milestones=[100,100]": "schedule.milestones=[100, 100] must be a list of strictly",
     "schedule=multistep schedule.milestones=[abc]": "schedule.milestones=['abc'] must be a list of strictly",
-    "schedule=multistep schedule.gamma=0": "schedule.gamma=0 must be a number in (0, 1]",
-    "schedule=linear schedule.final_factor=1.5": "schedule.final_factor=1.5 must be a number in [0, 1]",
+    "schedule=multistep schedule.gamma=0": "schedule.gamma=0 must be a number > 0",
+    "schedule=linear schedule.final_factor=-0.5": "schedule.final_factor=-0.5 must be a number >= 0",
     "schedule.warmup_samples=-5": "schedule.warmup_samples=-5 must be an integer >= 0",
     "schedule.warmup_samples=abc": "schedule.warmup_samples=abc must be an integer >= 0",
     "schedule=cosine schedule.warmup_samples=500 schedule.end_samples=400":

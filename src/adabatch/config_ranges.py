@@ -84,8 +84,9 @@ RULES: dict[str, Rule] = {
     "dataset.download": SWITCH,
     "schedule.warmup_samples": integer(0),
     "schedule.end_samples": POSITIVE_INTEGER,
-    "schedule.final_factor": number(0, 1),  # a fraction of optimizer.lr: below 0 the steps climb the loss
-    "schedule.gamma": number(0, 1, low_open=True),
+    # multipliers of optimizer.lr: below 0 the steps climb the loss (above 1 the lr grows, as a test may want)
+    "schedule.final_factor": number(0),
+    "schedule.gamma": number(0, low_open=True),
     "schedule.milestones": increasing_integers(1, strictly=True),
     "optimizer.lr": number(0, low_open=True),
     "optimizer.eps": number(0),
