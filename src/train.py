@@ -6,8 +6,9 @@ model.pt. Rerunning the same command in the same run directory resumes it from i
 Under `torchrun --nproc_per_node=N src/train.py ...` the N ranks train one run with DDP, and rank 0
 writes it.
 
-Exit codes: 0 (completed, or diverged: see summary.json), 2 (a bad config or missing data: one line
-on stderr, nothing written), 75 (stopped by SIGTERM/SIGUSR1 after a checkpoint: run it again to resume).
+Exit codes: 0 (completed, or diverged: see summary.json), 2 (a bad config, missing data, or a run
+directory that another process holds: one line on stderr, nothing written), 75 (stopped by
+SIGTERM/SIGUSR1 after a checkpoint: run it again to resume); 1 for any other error (a traceback).
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from adabatch.data import DatasetUnavailable
 from adabatch.distributed import current_world, join_process_group, leave_process_group
 from adabatch.preemption import PREEMPTED_EXIT_CODE
 from adabatch.training import train
+from adabatch.validation import ConfigError
 
 log = logging.getLogger("adabatch")
 
@@ -32,7 +34,7 @@ def main(cfg: DictConfig) -> float | None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
         summary = train(cfg, run_dir, current_world())
-    except (ValueError, DatasetUnavailable) as error:
+    except (ConfigError, DatasetUnavailable) as error:  # raised before anything is written; any other error is a bug
         remove_if_empty(run_dir)
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)

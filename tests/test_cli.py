@@ -39,3 +39,17 @@ def test_cli_bad_choice_is_one_clear_line(tmp_path):
     result = run_train("optimizer=adagrad", "optimizer.name=lion", f"hydra.run.dir={tmp_path / 'run'}")
     assert result.returncode == 2
     assert "error: optimizer='lion' is unknown; choose one of adagrad, adagrad_norm" in result.stderr
+
+
+def test_an_error_in_mid_run_is_reported_as_an_error_not_as_a_bad_config(tmp_path):
+    """Exit code 2 says "bad config, nothing written": a run that fails after writing records must not say so."""
+    run_dir = tmp_path / "run"
+    result = subprocess.run(
+        [sys.executable, "tests/failing_step_worker.py", "3", "device=cpu", "batch_size=constant", "batch_size.initial=16",
+         "train.samples=400", "train.eval_every=200",
+         f"hydra.run.dir={run_dir}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "ValueError: a bug at step 3" in result.stderr and "error: a bug" not in result.stderr
+    assert [r["step"] for r in read_metrics(run_dir, "train")] == [1, 2]  # what the run wrote stays

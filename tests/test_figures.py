@@ -149,6 +149,13 @@ def test_grouping_ignores_seed_and_per_run_keys_and_splits_experiments(tmp_path)
     assert [len(e.methods) for e in experiments[1:]] == [1, 1]
 
 
+def test_a_seed_started_afresh_or_on_another_engine_is_a_seed_of_its_method(tmp_path):
+    simple_run(tmp_path / "a0", seed=0)
+    simple_run(tmp_path / "a1", seed=1, resume="never", batch_size__engine="opacus", dataset__download=False)
+    methods = group_runs(load_runs([tmp_path]))[0].methods
+    assert [sorted(r.seed for r in m.runs) for m in methods] == [[0, 1]]
+
+
 def test_labels_name_what_differs_and_stay_distinct():
     norm = make_config()
     norm_wide = make_config(batch_size__eta=0.25)

@@ -146,3 +146,23 @@ def test_a_run_resumes_only_with_the_config_it_started_with(tmp_path):
     assert how_to_start(compose("device=cpu", "batch_size.eta=0.25", "resume=never"), tmp_path) == "fresh"
     (tmp_path / "summary.json").write_text("{}")
     assert how_to_start(started, tmp_path) == "ended"
+
+
+def test_a_fresh_start_removes_the_earlier_runs_files_before_it_writes(tmp_path):
+    """resume=never in a directory holding a finished run, stopped early: the directory holds the new run
+    alone (its config, its records), not the old run's summary and model next to them."""
+    run_dir = tmp_path / "run"
+    short = ["device=cpu", "batch_size=constant", "batch_size.initial=16",
+             "train.eval_every=200", "train.checkpoint_every=100", "train.progress_every_s=600"]
+    command = [sys.executable, "tests/interrupt_worker.py", str(run_dir)]
+    assert subprocess.run([*command, "none", "0", *short, "train.samples=400"], cwd=ROOT, env=ENV).returncode == 0
+    assert (run_dir / "summary.json").exists() and (run_dir / MODEL_FILE).exists()
+    again = [*command, "term", "3", *short, "train.samples=4000", "seed=1", "resume=never"]
+    assert subprocess.run(again, cwd=ROOT, env=ENV).returncode == PREEMPTED_EXIT_CODE
+    assert sorted(p.name for p in run_dir.iterdir()) == [CHECKPOINT_FILE, "config.yaml", "metrics.jsonl"]
+    assert yaml_seed(run_dir) == 1 and [r["step"] for r in read_metrics(run_dir, "train")] == [1, 2, 3]
+    assert how_to_start(compose(*short, "train.samples=4000", "seed=1"), run_dir) == "resume"
+
+
+def yaml_seed(run_dir) -> int:
+    return OmegaConf.load(run_dir / "config.yaml").seed

@@ -4,9 +4,10 @@ import math
 
 import pytest
 import torch
-from helpers import BATCH, MODELS, tiny_problem
+from helpers import BATCH, MODELS, Float64, random_dataset, tiny_problem
 
 from adabatch.batch_size import build_policy
+from adabatch.data import TrainingData, build_augmentation
 from adabatch.models import build_model
 from adabatch.stats import ENGINES, Needs, build_engine, gradient_with_statistics
 from adabatch.stats.sums import GradientSums, add
@@ -247,3 +248,42 @@ def test_ghost_engine_refuses_a_module_called_twice():
     model, data, batch = tiny_problem("mlp")
     with pytest.raises(RuntimeError, match="'layer' runs more than once per forward pass"):
         gradient_with_statistics(build_engine("ghost", Twice()), data, batch, BATCH, Needs())
+
+
+def gradients_under_the_steps_masks(model, data, batch, max_micro):
+    """Every example's gradient, one backward per example, with the dropout masks that the step's first
+    pass draws: one forward per micro-batch, in order, from the same generator state."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    rows = []
+    for part in batch.split(max_micro):
+        x, y = data.examples(part)
+        losses = torch.nn.functional.cross_entropy(model(x), y, reduction="none")
+        for loss in losses:
+            rows.append(torch.cat([g.flatten() for g in torch.autograd.grad(loss, params, retain_graph=True)]))
+    return torch.stack(rows)
+
+
+@pytest.mark.parametrize("max_micro", [16, 4, 5])
+@pytest.mark.parametrize("engine_name", ["ghost", "opacus"])  # functorch with dropout is refused (test_bad_configs)
+def test_with_dropout_split_and_unsplit_batches_give_the_statistics_of_the_steps_gradients(engine_name, max_micro):
+    """Issue 19: a second pass that drew new dropout masks made V_ip of a split batch negative."""
+    shape = (3, 8, 8)
+    data = TrainingData(random_dataset(shape), build_augmentation("vit"), seed=0, device=torch.device("cpu"))
+    batch = data.draw(16)
+    torch.manual_seed(0)
+    model = Float64(build_model("vit", shape, 5, dim=8, depth=2, heads=2, patch=4, dropout=0.5))
+    torch.manual_seed(1)
+    g = gradients_under_the_steps_masks(model, data, batch, max_micro)
+    gbar, b = g.mean(0), len(g)
+    engine = build_engine(engine_name, model)
+    model.zero_grad(set_to_none=True)
+    torch.manual_seed(1)
+    _, s = gradient_with_statistics(engine, data, batch, max_micro, Needs(inner_products=True))
+    after = torch.rand(1)
+    close(s.ip_var, (g @ gbar).var(unbiased=True))
+    close(s.norm_var, ((g - gbar) ** 2).sum() / (b - 1))
+    close(s.grad_sq_norm, gbar @ gbar)
+    torch.testing.assert_close(torch.cat([p.grad.flatten() for p in model.parameters()]), gbar, rtol=1e-10, atol=1e-14)
+    torch.manual_seed(1)
+    gradients_under_the_steps_masks(model, data, batch, max_micro)
+    assert torch.equal(after, torch.rand(1))  # the generators go on as after one pass

@@ -71,7 +71,7 @@ def test_training_writes_the_record_contract(tmp_path):
     assert on_disk["final_test_acc"] == evals[-1]["test_acc"]
     assert on_disk["best_train_loss"] == min(e["train_eval_loss"] for e in evals)
     assert on_disk["final_train_loss"] == evals[-1]["train_eval_loss"]
-    assert on_disk["norm_policy"] == "group"
+    assert on_disk["norm_policy"] == "none"  # the CNN has no normalization layer, whatever model.norm says
     for key in ("wall_time_s", "train_time_s", "best_train_loss"):
         assert on_disk[key] > 0
 
@@ -155,3 +155,14 @@ def test_the_fashion_logistic_adadagrad_run_draws_batches_of_distinct_examples(t
     train(cfg, tmp_path)
     assert sizes[0] == 2 and max(sizes) == 60000 and sum(sizes) % 60000 != 0
     assert all(sizes[r["step"] - 1] == r["batch_size"] for r in read_metrics(tmp_path, "train"))
+
+
+@pytest.mark.parametrize(("model", "normalization"), [
+    (("model=vit", "model.dim=8", "model.depth=1", "model.heads=2"), "layer"),
+    (("model=resnet18", "model.width=4", "model.groups=2"), "group"),
+])
+def test_the_summary_records_what_the_model_normalizes_with(model, normalization, tmp_path):
+    """Issue 19: a ViT run said norm_policy: group (model.norm's default); the ViT normalizes with LayerNorm."""
+    overrides = (*TINY, *model, "batch_size=constant", "batch_size.initial=16", "train.samples=32")
+    assert train(compose(*overrides), tmp_path)["norm_policy"] == normalization
+    assert read_summary(tmp_path)["norm_policy"] == normalization

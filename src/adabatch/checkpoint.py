@@ -16,7 +16,9 @@ import torch
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
-from .records import CONFIG_FILE, SUMMARY_FILE, write_atomic
+from .config_keys import KEYS_NOT_CHANGING_TRAINING
+from .random_state import rng_state, set_rng_state
+from .records import CONFIG_FILE, METRICS_FILE, MODEL_FILE, PACKED_METRICS_FILE, SUMMARY_FILE, write_atomic
 from .validation import ConfigError
 
 if TYPE_CHECKING:
@@ -25,12 +27,6 @@ if TYPE_CHECKING:
 
 CHECKPOINT_FILE = "checkpoint.pt"
 FORMAT = 1
-# Keys that may change between the start of a run and its resumption: they do not change results
-# (another statistics engine changes only the rounding of the statistics; a resumed run keeps the
-# micro-batch size that max_micro=auto chose, whatever memory it is given now).
-MAY_CHANGE_ON_RESUME = (
-    "resume", "logger", "train.progress_every_s", "data_dir", "batch_size.engine", "batch_size.max_micro_memory_gb",
-)
 
 
 def save_checkpoint(run_dir: Path, state: dict[str, Any]) -> None:
@@ -50,14 +46,11 @@ def remove_temporary_files(run_dir: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def rng_state() -> dict[str, Any]:
-    return {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None}
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] is not None:
-        torch.cuda.set_rng_state_all(state["cuda"])
+def remove_earlier_run(run_dir: Path) -> None:
+    """Before a fresh start writes anything: an earlier run's files, each removed at once, the summary
+    first, so that a kill in between leaves a part of the earlier run (never marked as ended), not a mix."""
+    for name in (SUMMARY_FILE, CHECKPOINT_FILE, MODEL_FILE, PACKED_METRICS_FILE, METRICS_FILE, CONFIG_FILE):
+        (run_dir / name).unlink(missing_ok=True)
 
 
 def write_checkpoint(exp: Experiment, loop: LoopState, reporter: Reporter, run_dir: Path) -> None:
@@ -108,7 +101,7 @@ def check_same_config(cfg: DictConfig, run_dir: Path) -> None:
     before = flatten(yaml.safe_load((run_dir / CONFIG_FILE).read_text()))
     now = flatten(OmegaConf.to_container(cfg, resolve=True))
     for key in sorted(before.keys() | now.keys()):
-        if key.startswith(MAY_CHANGE_ON_RESUME):
+        if key.startswith(KEYS_NOT_CHANGING_TRAINING):  # they may change on resuming
             continue
         if before.get(key, "<absent>") != now.get(key, "<absent>"):
             raise ConfigError(

@@ -21,9 +21,9 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .checkpoint import rng_state, set_rng_state
 from .data import Batch
 from .memory import MemoryGauge, free_bytes
+from .random_state import rng_state, set_rng_state
 from .stats import gradient_with_statistics
 from .step import accumulate_gradient
 

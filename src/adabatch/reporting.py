@@ -14,9 +14,12 @@ from .records import RunRecords
 
 class Reporter:
     """`writes=False` (data-parallel ranks other than 0) keeps the summary and writes nothing.
-    `resume` (a checkpoint's reporter state) continues the records where the checkpoint left them."""
+    `resume` (a checkpoint's reporter state) continues the records where the checkpoint left them.
+    `normalization`: what the model normalizes with (models.normalization_of), for the summary."""
 
-    def __init__(self, cfg: DictConfig, run_dir: Path, writes: bool = True, resume: dict | None = None) -> None:
+    def __init__(
+        self, cfg: DictConfig, run_dir: Path, normalization: str, writes: bool = True, resume: dict | None = None
+    ) -> None:
         config = OmegaConf.to_container(cfg, resolve=True)
         resume = resume or {}
         self.records = self.progress = self.wandb = None
@@ -30,7 +33,7 @@ class Reporter:
 
             self.wandb = WandbSink(cfg.logger, config, run_dir, name=run_dir.name, run_id=resume.get("wandb_id"))
         self.log_every = cfg.train.log_every
-        self.norm_policy = cfg.model.norm
+        self.norm_policy = normalization
         self.last_train: dict[str, Any] | None = resume.get("last_train")
         self.unrecorded_train: dict[str, Any] | None = resume.get("unrecorded_train")  # the last step, if skipped
         self.evals: list[dict[str, Any]] = resume.get("evals", [])

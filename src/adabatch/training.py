@@ -14,18 +14,20 @@ from torch.nn.parallel import DistributedDataParallel
 
 from .batch_size import AdaptiveTest, BatchSizePolicy, build_policy, cap_batch_sizes
 from .checkpoint import (
-    CHECKPOINT_FILE, how_to_start, load_checkpoint, remove_temporary_files, restore, write_checkpoint,
+    CHECKPOINT_FILE, how_to_start, load_checkpoint, remove_earlier_run, remove_temporary_files, restore,
+    write_checkpoint,
 )
 from .data import ArrayDataset, Batch, TrainingData, build_augmentation, evaluation_batches, load_dataset, plan_layout
 from .device import autocast, resolve_device
 from .distributed import SINGLE_PROCESS, World
 from .micro_batch import AUTO, choose_max_micro
 from .milestones import crossed, early_evaluation_points, evaluation_due
-from .models import build_model
+from .models import build_model, normalization_of
 from .optim import build_optimizer
 from .preemption import PREEMPTED_EXIT_CODE, StopRequest
 from .records import read_summary
 from .reporting import Reporter
+from .run_lock import own_run_directory
 from .schedules import Schedule, build_schedule
 from .stats import BatchStatistics, StatisticsEngine, build_engine, gradient_with_statistics
 from .step import accumulate_gradient, evaluation_totals
@@ -136,13 +138,22 @@ def divergence(train_loss: float, statistics: BatchStatistics | None) -> str | N
 
 def train(cfg: DictConfig, run_dir: Path, world: World = SINGLE_PROCESS) -> dict[str, Any]:
     """Train on this process's share of every batch, continuing from the run directory's checkpoint
-    when it has one (resume=auto). Rank 0 alone writes the records and the checkpoints. Returns the
-    summary; its status is "completed", "diverged", "preempted" (a stop signal: checkpointed, to be
-    resumed, no summary.json); for a run directory whose run had ended, that run's summary, untouched."""
+    when it has one (resume=auto). Rank 0 alone writes the records and the checkpoints, and holds the
+    run directory while it runs (RunDirectoryBusy for a second process). Returns the summary; its
+    status is "completed", "diverged", "preempted" (a stop signal: checkpointed, to be resumed, no
+    summary.json); for a run directory whose run had ended, that run's summary, untouched."""
+    check_config(cfg, world)
+    with own_run_directory(run_dir, world):
+        return _train(cfg, run_dir, world)
+
+
+def _train(cfg: DictConfig, run_dir: Path, world: World) -> dict[str, Any]:
     start = how_to_start(cfg, run_dir)
     if start == "ended":
         return {**read_summary(run_dir), "already_ended": True}
     exp = build_experiment(cfg, world)
+    if start == "fresh" and world.is_main:
+        remove_earlier_run(run_dir)
     # Read once: an OmegaConf access resolves interpolations each time, which costs more than a small step.
     budget, eval_every = cfg.train.samples, cfg.train.eval_every
     checkpoint_every = cfg.train.checkpoint_every
@@ -151,7 +162,8 @@ def train(cfg: DictConfig, run_dir: Path, world: World = SINGLE_PROCESS) -> dict
     checkpoint = load_checkpoint(run_dir) if start == "resume" else None
     if world.is_main:
         remove_temporary_files(run_dir)
-    reporter = Reporter(cfg, run_dir, writes=world.is_main, resume=checkpoint["reporter"] if checkpoint else None)
+    reporter = Reporter(cfg, run_dir, normalization_of(exp.model), writes=world.is_main,
+                        resume=checkpoint["reporter"] if checkpoint else None)
     started = time.perf_counter()
 
     def run_evaluation(step: int, samples: int) -> None:

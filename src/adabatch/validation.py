@@ -12,6 +12,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from .batch_size import AdaptiveTest, build_policy
+from .config_ranges import check_ranges
 from .data import AUGMENTATIONS, DATASET_SHAPES, DATASETS
 from .device import autocast, resolve_device
 from .distributed import World
@@ -47,10 +48,7 @@ def _check(cfg: DictConfig, world: World) -> None:
         at_least(f"train.{key}", train[key], 1)
     if train.eval_first is not None:
         at_least("train.eval_first", train.eval_first, 1)
-    if train.eval_train_examples is not None:
-        at_least("train.eval_train_examples", train.eval_train_examples, 0)
-    if not train.progress_every_s >= 0:
-        raise ConfigError(f"train.progress_every_s={train.progress_every_s} must be >= 0 (0: a line every step)")
+    check_ranges(cfg)
     choice("resume", cfg.resume, RESUME_MODES)
     if cfg.batch_size.max_micro != "auto":
         at_least("batch_size.max_micro", cfg.batch_size.max_micro, 1, alternative="or auto")
@@ -82,6 +80,7 @@ def _check(cfg: DictConfig, world: World) -> None:
     if isinstance(policy, AdaptiveTest):
         choice("batch_size.engine", cfg.batch_size.engine, ENGINES)
         refuse_batch_norm(model, cfg)
+        refuse_dropout_under_vmap(model, cfg)
         if cfg.batch_size.engine == "ghost":
             build_engine("ghost", model)  # names any layer it has no rule for
 
@@ -92,6 +91,18 @@ def refuse_batch_norm(model: torch.nn.Module, cfg: DictConfig) -> None:
         raise ConfigError(
             f"batch_size={cfg.batch_size.name} needs per-example gradients, which BatchNorm does not have "
             f"(model.norm={cfg.model.norm}); use model.norm=group (the default) or model.norm=none"
+        )
+
+
+def refuse_dropout_under_vmap(model: torch.nn.Module, cfg: DictConfig) -> None:
+    """torch.func's vmap cannot draw the masks of a batched forward, so the tested step would not be the
+    step it tests; the other engines replay each micro-batch's masks."""
+    if cfg.batch_size.engine == "functorch" and any(
+        isinstance(m, torch.nn.modules.dropout._DropoutNd) and m.p > 0 for m in model.modules()
+    ):
+        raise ConfigError(
+            f"batch_size.engine=functorch cannot run a model with dropout (model.dropout={cfg.model.get('dropout')}): "
+            "vmap draws other masks than the step; use batch_size.engine=ghost or opacus, or model.dropout=0"
         )
 
 

@@ -18,11 +18,11 @@ from typing import Any
 
 import yaml
 
+from adabatch.config_keys import KEYS_NOT_CHANGING_TRAINING
 from adabatch.records import CONFIG_FILE, SUMMARY_FILE, read_metrics, read_summary
 
-# Dotted config keys (a key also covers everything under it) that differ between the seeds of one
-# method without changing what is trained: where records go and how progress is shown.
-IGNORED_KEYS = ("seed", "hydra", "data_dir", "logger", "train.progress_every_s", "dataset.download")
+# Dotted config keys (a key also covers everything under it) that differ between the seeds of one method.
+IGNORED_KEYS = ("seed", *KEYS_NOT_CHANGING_TRAINING)
 COMPLETED = "completed"
 # Keys never spelled out in a built label: `method` is a label itself, `experiment_name` is shared.
 LABEL_EXCLUDED = ("method", "experiment_name")

@@ -10,7 +10,7 @@ from torch import nn
 
 from adabatch.models.cnn import cnn
 from adabatch.models.mlp import logistic_regression, mlp
-from adabatch.models.norm import NORM_POLICIES, make_norm
+from adabatch.models.norm import NORM_POLICIES, make_norm, normalization_of
 from adabatch.models.resnet import resnet18, resnet50
 from adabatch.models.vit import register_opacus_samplers, vit
 
@@ -24,7 +24,9 @@ _BUILDERS: dict[str, Callable[..., nn.Module]] = {
 }
 MODELS = tuple(_BUILDERS)
 
-__all__ = ["MODELS", "NORM_POLICIES", "build_model", "make_norm", "model_options", "register_opacus_samplers"]
+__all__ = [
+    "MODELS", "NORM_POLICIES", "build_model", "make_norm", "model_options", "normalization_of", "register_opacus_samplers",
+]
 
 
 def model_options(name: str) -> tuple[str, ...]:

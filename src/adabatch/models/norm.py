@@ -30,3 +30,13 @@ def make_norm(policy: str, channels: int, groups: int = 32) -> nn.Module:
     if policy == "none":
         return nn.Identity()
     raise ValueError(f"model.norm={policy!r} is unknown; choose one of {', '.join(NORM_POLICIES)}")
+
+
+NORMALIZATIONS = {"batch": nn.modules.batchnorm._BatchNorm, "group": nn.GroupNorm, "layer": nn.LayerNorm}
+
+
+def normalization_of(model: nn.Module) -> str:
+    """What `model` normalizes with ("batch", "group", "layer", joined by "+" when several; "none"):
+    model.norm is a policy only the ResNets follow, so a run's summary records the layers themselves."""
+    found = [name for name, kind in NORMALIZATIONS.items() if any(isinstance(m, kind) for m in model.modules())]
+    return "+".join(found) or "none"
