@@ -14,7 +14,7 @@ import contextlib
 
 import torch
 
-from ..data import Batch, TrainingData
+from ..data import Batch, Examples
 from ..distributed import SINGLE_PROCESS, World
 from .base import StatisticsEngine
 from .statistics import BatchStatistics, batch_statistics
@@ -23,7 +23,7 @@ from .sums import GradientSums, Needs
 
 def gradient_with_statistics(
     engine: StatisticsEngine,
-    data: TrainingData,
+    data: Examples,
     batch: Batch,
     max_micro: int,
     needs: Needs,
