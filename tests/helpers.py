@@ -57,3 +57,16 @@ def tiny_problem(model_key: str, seed: int = 0, batch_size: int = BATCH) -> tupl
     torch.manual_seed(seed)
     model = Float64(build_model(name, shape, dataset.num_classes, norm="group", **options))
     return model, data, data.draw(batch_size)
+
+
+def per_example_gradients(model: torch.nn.Module, data: TrainingData, batch: Batch) -> torch.Tensor:
+    """(b, d) float64: each example's gradient, one backward per example, the trainable parameters
+    flattened and concatenated in order. Leaves the last example's gradient in .grad."""
+    x, y = data.examples(batch)
+    params = [p for p in model.parameters() if p.requires_grad]
+    rows = []
+    for i in range(len(y)):
+        model.zero_grad()
+        torch.nn.functional.cross_entropy(model(x[i : i + 1]), y[i : i + 1]).backward()
+        rows.append(torch.cat([p.grad.flatten() for p in params]).double())
+    return torch.stack(rows)

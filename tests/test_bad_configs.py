@@ -21,6 +21,8 @@ BAD_CONFIGS = {  # overrides: what the error line must say
     "batch_size=inner_product batch_size.theta=0": "batch_size.theta=0 must be > 0",
     "batch_size=augmented_inner_product batch_size.nu=-1": "batch_size.nu=-1 must be > 0",
     "batch_size=coordinate_norm batch_size.quantile=1.5": "batch_size.quantile=1.5",
+    "batch_size=gns batch_size.multiple=0": "batch_size.multiple=0 must be a number > 0",
+    "batch_size=gns batch_size.ema=1.0": "batch_size.ema=1.0 must be in [0, 1)",
     "batch_size.initial=600 batch_size.max=512": "batch_size.max=512 is below batch_size.initial=600",
     "batch_size.initial=1": "batch_size.initial=1 must be >= 2",
     "batch_size.max_micro=0": "batch_size.max_micro=0 must be an integer >= 1 or auto",

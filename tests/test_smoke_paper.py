@@ -46,17 +46,17 @@ def test_a_paper_run_takes_split_plain_and_tested_steps_at_its_true_shapes(run, 
 
 def test_a_step_that_keeps_something_per_example_fails_the_memory_check(data_dir, monkeypatch):
     """A defect of the kind the check is for: each micro-batch leaves a copy of its inputs behind."""
-    from adabatch import smoke
+    from adabatch import AdaptiveBatch
 
     kept = []
 
-    def leaky_batch_gradient(exp, batch, max_micro, tested):
-        for part in batch.split(max_micro):
-            kept.append(exp.data.examples(part)[0].clone())
-        return batch_gradient(exp, batch, max_micro, tested)
+    def leaky_gradient(self, data, batch, tested):
+        for part in batch.split(self.max_micro):
+            kept.append(data.examples(part)[0].clone())
+        return gradient(self, data, batch, tested)
 
-    batch_gradient = smoke.batch_gradient
-    monkeypatch.setattr(smoke, "batch_gradient", leaky_batch_gradient)
+    gradient = AdaptiveBatch.gradient
+    monkeypatch.setattr(AdaptiveBatch, "gradient", leaky_gradient)
     run = "mnist_cnn/norm_test-adagrad"
     result = smoke_run(run, compose(*overrides(run, data_dir, "cpu", MICRO)), MICRO, first_step=False)
     assert any("grows with the batch" in problem for problem in result.problems)

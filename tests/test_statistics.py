@@ -4,7 +4,7 @@ import math
 
 import pytest
 import torch
-from helpers import BATCH, MODELS, Float64, random_dataset, tiny_problem
+from helpers import BATCH, MODELS, Float64, per_example_gradients, random_dataset, tiny_problem
 
 from adabatch.batch_size import build_policy
 from adabatch.data import TrainingData, build_augmentation
@@ -19,14 +19,8 @@ ETA, THETA, NU = 0.3, 0.7, 1.1
 
 def brute_force(model, data, batch):
     """Per-example gradients one example at a time, then every statistic straight from its definition."""
-    x, y = data.examples(batch)
     params = [p for p in model.parameters() if p.requires_grad]
-    rows = []
-    for i in range(len(y)):
-        model.zero_grad()
-        torch.nn.functional.cross_entropy(model(x[i : i + 1]), y[i : i + 1]).backward()
-        rows.append(torch.cat([p.grad.flatten() for p in params]).double())
-    g = torch.stack(rows)
+    g = per_example_gradients(model, data, batch)
     b = g.shape[0]
     gbar = g.mean(0)
     sq = gbar @ gbar

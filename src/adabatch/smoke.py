@@ -20,10 +20,11 @@ from dataclasses import asdict, dataclass, field
 import torch
 from omegaconf import DictConfig
 
+from .adaptive_batch import divergence
 from .device import synchronize
 from .memory import Measurement, MemoryGauge
 from .micro_batch import AUTO, choose_max_micro
-from .training import batch_gradient, build_experiment, divergence
+from .training import adaptive_batch, build_experiment
 
 MICRO_BATCHES = (2, 4, 8)  # steps of this many micro-batches: peak memory measured at each
 TIMED_MICRO_BATCHES = 4  # step time: the faster of two such steps
@@ -76,6 +77,7 @@ def smoke_run(
         chosen = choose_max_micro(exp, cfg.batch_size.max_micro_memory_gb).max_micro
         micro = min(chosen, exp.data.num_examples // MICRO_BATCHES[-1])
     problems: list[str] = []
+    adaptive = adaptive_batch(exp, micro)
 
     def step(size: int, tested: bool, measure: bool) -> tuple[float, int | None]:
         batch = exp.data.draw(size)
@@ -84,11 +86,11 @@ def smoke_run(
         started = time.perf_counter()
         with gauge.measure() if measure else contextlib.nullcontext(Measurement()) as measured:
             exp.optimizer.zero_grad(set_to_none=True)
-            loss, statistics = batch_gradient(exp, batch, micro, tested)
+            loss, statistics = adaptive.gradient(exp.data, batch, tested)
             exp.optimizer.step()
         synchronize(exp.device)
         seconds = time.perf_counter() - started
-        problem = divergence(loss.item(), statistics)
+        problem = divergence(loss, statistics)
         if problem:
             problems.append(f"{'tested' if tested else 'plain'} step of {size}: {problem}")
         return seconds, measured.peak_bytes if measure else None

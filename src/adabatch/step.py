@@ -6,14 +6,14 @@ import contextlib
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from .data import Batch, TrainingData
+from .data import Batch, Examples
 from .distributed import SINGLE_PROCESS, World
 from .losses import summed_cross_entropy
 
 
 def accumulate_gradient(
     model: torch.nn.Module,
-    data: TrainingData,
+    data: Examples,
     batch: Batch,
     max_micro: int,
     autocast: contextlib.AbstractContextManager | None = None,

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import contextlib
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,12 +11,13 @@ import torch
 from omegaconf import DictConfig
 from torch.nn.parallel import DistributedDataParallel
 
+from .adaptive_batch import AdaptiveBatch, Diverged
 from .batch_size import AdaptiveTest, BatchSizePolicy, build_policy, cap_batch_sizes
 from .checkpoint import (
     CHECKPOINT_FILE, how_to_start, load_checkpoint, remove_earlier_run, remove_temporary_files, restore,
     write_checkpoint,
 )
-from .data import ArrayDataset, Batch, TrainingData, build_augmentation, evaluation_batches, load_dataset, plan_layout
+from .data import ArrayDataset, TrainingData, build_augmentation, evaluation_batches, load_dataset, plan_layout
 from .device import autocast, resolve_device
 from .distributed import SINGLE_PROCESS, World
 from .micro_batch import AUTO, choose_max_micro
@@ -29,8 +29,8 @@ from .records import read_summary
 from .reporting import Reporter
 from .run_lock import own_run_directory
 from .schedules import Schedule, build_schedule
-from .stats import BatchStatistics, StatisticsEngine, build_engine, gradient_with_statistics
-from .step import accumulate_gradient, evaluation_totals
+from .stats import StatisticsEngine, build_engine
+from .step import evaluation_totals
 from .validation import MODEL_KEYS_NOT_OPTIONS, check_config, plain
 
 
@@ -93,17 +93,10 @@ def set_learning_rate(optimizer: torch.optim.Optimizer, base_lrs: list[float], f
     return optimizer.param_groups[0]["lr"]
 
 
-def batch_gradient(exp: Experiment, batch: Batch, max_micro: int, tested: bool) -> tuple[torch.Tensor, Any]:
-    """Leave the global batch's mean gradient in .grad on every rank; return (its mean loss, test
-    statistics or None)."""
-    if tested:
-        loss, statistics = gradient_with_statistics(
-            exp.engine, exp.data, batch, max_micro, exp.policy.needs, exp.policy.ip_mode, exp.autocast, exp.world
-        )
-    else:
-        loss, statistics = accumulate_gradient(exp.step_model, exp.data, batch, max_micro, exp.autocast, exp.world), None
-    exp.world.sum_([loss])
-    return loss, statistics
+def adaptive_batch(exp: Experiment, max_micro: int) -> AdaptiveBatch:
+    """The experiment's policy and engine as the public per-step API: the loop steps through it."""
+    return AdaptiveBatch(exp.model, exp.policy, exp.engine, max_micro, step_model=exp.step_model,
+                         autocast=exp.autocast, world=exp.world)
 
 
 @dataclass
@@ -126,14 +119,6 @@ def micro_batch_search(cfg: DictConfig, exp: Experiment, reporter: Reporter) -> 
     choice = choose_max_micro(exp, cfg.batch_size.max_micro_memory_gb)
     reporter.note(choice.describe())
     return choice.record()
-
-
-def divergence(train_loss: float, statistics: BatchStatistics | None) -> str | None:
-    if not math.isfinite(train_loss):
-        return f"the training loss is {train_loss}"
-    if statistics is not None and not statistics.is_finite():
-        return "a test statistic is not finite"
-    return None
 
 
 def train(cfg: DictConfig, run_dir: Path, world: World = SINGLE_PROCESS) -> dict[str, Any]:
@@ -200,6 +185,7 @@ def _train(cfg: DictConfig, run_dir: Path, world: World) -> dict[str, Any]:
         loop = LoopState(exp.policy.initial, max_micro_auto=micro_batch_search(cfg, exp, reporter))
         run_evaluation(0, 0)
     max_micro = loop.max_micro_auto["max_micro"] if loop.max_micro_auto else cfg.batch_size.max_micro
+    adaptive = adaptive_batch(exp, max_micro)
     wall_before = loop.wall_time
 
     def wall_time() -> float:
@@ -213,25 +199,21 @@ def _train(cfg: DictConfig, run_dir: Path, world: World) -> dict[str, Any]:
             batch = exp.data.draw(batch_size)
             lr = set_learning_rate(exp.optimizer, base_lrs, exp.schedule(loop.samples))
             exp.optimizer.zero_grad(set_to_none=True)
-            tested = exp.policy.wants_statistics(loop.step + 1, batch_size)
-            loss, statistics = batch_gradient(exp, batch, max_micro, tested)
-            train_loss = loss.item()  # also waits for the device, so time_s is honest
-            problem = divergence(train_loss, statistics)  # the same on every rank: both are all-reduced
-            if problem is not None:
-                return summary("diverged", model=None, diverged_at_step=loop.step + 1, diverged_because=problem)
+            try:  # the gradient, the test when the policy asks for one, and the next batch size
+                result = adaptive.step_on(exp.data, batch, loop.step + 1, loop.samples)
+            except Diverged as problem:  # the same on every rank: the loss and statistics are all-reduced
+                return summary("diverged", model=None, diverged_at_step=loop.step + 1, diverged_because=str(problem))
             exp.optimizer.step()
             before = loop.samples
             loop.step, loop.samples = loop.step + 1, loop.samples + len(batch)
-            decision = exp.policy.decide(
-                step=loop.step, samples=loop.samples, batch_size=batch_size, statistics=statistics
-            )
-            loop.batch_size = world.agree(decision.next_size)
+            loop.batch_size = result.next_batch_size
             loop.train_time += time.perf_counter() - tick
             layout = plan_layout(batch_size, world.size, max_micro)
             reporter.training(
                 step=loop.step, samples=loop.samples, batch_size=batch_size,
                 micro_batch_size=layout.micro_batch_size, accumulation=layout.accumulation, lr=lr,
-                train_loss=train_loss, time_s=loop.train_time, next_batch_size=loop.batch_size, **decision.record,
+                train_loss=result.loss, time_s=loop.train_time, next_batch_size=loop.batch_size,
+                **(result.statistics or {}),
             )
             if evaluation_due(before, loop.samples, eval_every, early_evaluations) or loop.samples >= budget:
                 run_evaluation(loop.step, loop.samples)

@@ -50,6 +50,7 @@ TEST_PANELS: dict[str, list[tuple[str, str, str]]] = {
     "coordinate_norm": [
         (r"coordinate-norm test, deciding $j$: $V_j/b \leq \eta^2\bar g_j^2$", "test_lhs", "test_rhs"),
     ],
+    "gns": [(r"noise scale, averaged: $\mathrm{tr}\Sigma/b \leq \|G\|^2/k$", "test_lhs", "test_rhs")],
 }
 
 

@@ -8,6 +8,7 @@ from typing import Any
 from .adaptive import AdaptiveTest, AugmentedInnerProductTest, CoordinateNormTest, InnerProductTest, NormTest
 from .base import BatchSizePolicy, Decision, grow
 from .fixed import Constant, LinearRamp, Stagewise
+from .noise_scale import NoiseScale
 
 POLICY_CLASSES: dict[str, type[BatchSizePolicy]] = {
     "constant": Constant,
@@ -17,6 +18,7 @@ POLICY_CLASSES: dict[str, type[BatchSizePolicy]] = {
     "inner_product": InnerProductTest,
     "augmented_inner_product": AugmentedInnerProductTest,
     "coordinate_norm": CoordinateNormTest,
+    "gns": NoiseScale,
 }
 POLICIES = tuple(POLICY_CLASSES)
 

@@ -1,7 +1,7 @@
 """Datasets, seeded index streams, device-side augmentation and micro-batching."""
 
 from adabatch.data.augment import AUGMENTATIONS, Augmentation, CropFlip, FlipResizedCrop, build_augmentation
-from adabatch.data.batches import Batch, Layout, TrainingData, evaluation_batches, normalize, plan_layout
+from adabatch.data.batches import Batch, Examples, Layout, TrainingData, evaluation_batches, normalize, plan_layout
 from adabatch.data.sources import DATASET_SHAPES, DATASETS, ArrayDataset, DatasetUnavailable, load_dataset
 from adabatch.data.stream import IndexStream
 
@@ -14,6 +14,7 @@ __all__ = [
     "Batch",
     "CropFlip",
     "DatasetUnavailable",
+    "Examples",
     "FlipResizedCrop",
     "IndexStream",
     "Layout",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 
@@ -94,6 +95,12 @@ def normalize(x_uint8: torch.Tensor, dataset: ArrayDataset) -> torch.Tensor:
     mean = _channel_tensor(dataset.mean, x_uint8.device)
     std = _channel_tensor(dataset.std, x_uint8.device)
     return (x_uint8.float() / dataset.max_value - mean) / std
+
+
+class Examples(Protocol):
+    """Where a step reads a batch's examples: `TrainingData`, or a caller's own tensors."""
+
+    def examples(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
 class TrainingData:

@@ -15,7 +15,7 @@ import contextlib
 
 import torch
 
-from ..data import Batch, TrainingData
+from ..data import Batch, Examples
 from ..distributed import SINGLE_PROCESS, World
 from ..random_state import rng_state, set_rng_state
 from .base import StatisticsEngine
@@ -25,7 +25,7 @@ from .sums import GradientSums, Needs
 
 def gradient_with_statistics(
     engine: StatisticsEngine,
-    data: TrainingData,
+    data: Examples,
     batch: Batch,
     max_micro: int,
     needs: Needs,
