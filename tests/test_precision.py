@@ -10,7 +10,7 @@ import pytest
 import torch
 from helpers import compose
 
-from adabatch import training
+from adabatch import adaptive_batch, training
 from adabatch.data import TrainingData, build_augmentation, load_dataset
 from adabatch.device import autocast
 from adabatch.models import build_model
@@ -177,8 +177,8 @@ def test_compiled_quickstart_learns_with_eager_tested_steps(quickstart, fresh_dy
 
     eager, eager_records = quickstart()
     monkeypatch.setattr(torch, "compile", counting_compile)
-    monkeypatch.setattr(training, "accumulate_gradient", plain_step)
-    monkeypatch.setattr(training, "gradient_with_statistics", tested_step)
+    monkeypatch.setattr(adaptive_batch, "accumulate_gradient", plain_step)  # what training steps through
+    monkeypatch.setattr(adaptive_batch, "gradient_with_statistics", tested_step)
     summary, records = quickstart("train.compile=true")
     assert summary["status"] == "completed"
     assert summary["final_test_acc"] >= 0.9 and abs(summary["final_test_acc"] - eager["final_test_acc"]) <= 0.03
