@@ -50,19 +50,18 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 from adabatch.batch_size import POLICY_CLASSES  # noqa: E402
 from adabatch.data import ArrayDataset, TrainingData, build_augmentation  # noqa: E402
-from adabatch.data.sources import DATASET_SHAPES  # noqa: E402
 from adabatch.device import autocast as make_autocast  # noqa: E402
 from adabatch.device import describe, synchronize  # noqa: E402
 from adabatch.memory import free_bytes  # noqa: E402
-from adabatch.models import build_model  # noqa: E402
+from adabatch.models import model_from_config  # noqa: E402
 from adabatch.stats import ENGINES, build_engine, gradient_with_statistics  # noqa: E402
 from adabatch.step import accumulate_gradient  # noqa: E402
-from adabatch.validation import MODEL_KEYS_NOT_OPTIONS  # noqa: E402
 from bench_anchors import ANCHORS, build_anchor  # noqa: E402
 
 TESTS = ("norm", "inner_product", "augmented_inner_product", "coordinate_norm")
 MODELS = ("cnn", "resnet18", "vit")
 REPORTED_SIZE = 128  # the worst-overhead lines compare the models at this batch size
+CIFAR_SHAPE = ((3, 32, 32), 10)  # the models are timed at CIFAR-10 shapes
 # Engines that form every per-example gradient: this project's exact ones, and the anchors (bench_anchors.py)
 PER_EXAMPLE_ENGINES = ("opacus", "functorch", *ANCHORS)
 
@@ -287,14 +286,12 @@ def measure_memory_here(args) -> list[tuple[str, str, int]]:
 def build_config_model(name: str) -> torch.nn.Module:
     with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
         cfg = compose("train", overrides=[f"model={name}", "dataset=cifar10"])
-    options = {k: v for k, v in OmegaConf.to_container(cfg.model).items() if k not in MODEL_KEYS_NOT_OPTIONS}
-    shape, classes = DATASET_SHAPES["cifar10"]
     torch.manual_seed(0)
-    return build_model(name, shape, classes, norm=cfg.model.norm, **options)
+    return model_from_config(OmegaConf.to_container(cfg.model, resolve=True), *CIFAR_SHAPE)
 
 
 def random_cifar(n: int, device: torch.device) -> TrainingData:
-    (shape, classes), g = DATASET_SHAPES["cifar10"], torch.Generator().manual_seed(0)
+    (shape, classes), g = CIFAR_SHAPE, torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (n, *shape), generator=g, dtype=torch.uint8)
     labels = torch.randint(0, classes, (n,), generator=g)
     dataset = ArrayDataset("random", images, labels, images[:1], labels[:1], classes, 255.0, (0.5,) * 3, (0.25,) * 3)

@@ -23,6 +23,7 @@ from omegaconf import DictConfig
 from adabatch.data import DatasetUnavailable
 from adabatch.distributed import current_world, join_process_group, leave_process_group
 from adabatch.preemption import PREEMPTED_EXIT_CODE
+from adabatch.run_keys import complete_config
 from adabatch.training import train
 from adabatch.validation import ConfigError
 
@@ -32,6 +33,7 @@ log = logging.getLogger("adabatch")
 @hydra.main(version_base="1.3", config_path="../configs", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
+    complete_config(cfg, HydraConfig.get().runtime.choices)
     try:
         summary = train(cfg, run_dir, current_world())
     except (ConfigError, DatasetUnavailable) as error:  # raised before anything is written; any other error is a bug

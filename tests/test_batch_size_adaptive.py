@@ -89,7 +89,7 @@ def test_coordinate_rule_is_the_max_and_the_quantile_variant_is_robust():
         ({"name": "norm", "initial": 4, "max": 8, "eta": 0.1, "interval": 0}, "batch_size.interval=0"),
         ({"name": "norm", "initial": 4, "max": 8, "eta": 0.1, "ip_mode": "local"}, "batch_size.ip_mode='local'"),
         ({"name": "coordinate_norm", "initial": 4, "max": 8, "eta": 0.1, "quantile": 0}, "batch_size.quantile=0"),
-        ({"name": "norm", "initial": 4, "max": 8}, "missing 1 required"),
+        ({"name": "norm", "initial": 4, "max": 8}, "batch_size.eta is required by adabatch.batch_size.adaptive.NormTest"),
     ],
 )
 def test_bad_test_parameters_name_the_key(cfg, message):

@@ -50,7 +50,7 @@ def test_stagewise_default_stages_double_up_to_max():
         ({"name": "linear_ramp", "initial": 8, "max": 32, "increment": 0}, "batch_size.increment=0"),
         ({"name": "stagewise", "initial": 8, "max": 32, "stages": [8, 64]}, "batch_size.stages"),
         ({"name": "norm_test", "initial": 8}, "batch_size='norm_test' is unknown"),
-        ({"name": "constant", "initial": 8, "eta": 0.1}, "unexpected keyword argument 'eta'"),
+        ({"name": "constant", "initial": 8, "eta": 0.1}, "batch_size.eta is not a parameter of adabatch.batch_size.fixed.Constant"),
     ],
 )
 def test_bad_policy_configs_name_the_key(cfg, message):

@@ -11,12 +11,14 @@ import torch
 from helpers import compose
 
 from adabatch import adaptive_batch, training
-from adabatch.data import TrainingData, build_augmentation, load_dataset
+from adabatch.data import TrainingData, build_augmentation
+from adabatch.data.from_config import dataset_from_config
 from adabatch.device import autocast
-from adabatch.models import build_model
+from adabatch.models import model_from_config
 from adabatch.records import read_metrics
 from adabatch.stats import ENGINES, Needs, build_engine, gradient_with_statistics
 from adabatch.step import accumulate_gradient
+from adabatch.validation import plain
 
 CPU = torch.device("cpu")
 QUICKSTART = ("experiment=quickstart", "device=cpu", "train.progress_every_s=0", "train.save_model=false")
@@ -42,10 +44,10 @@ def quickstart(tmp_path_factory):
 def quickstart_problem(seed: int = 0):
     """The quickstart's model (freshly initialized) and data stream, on the CPU."""
     cfg = compose(*QUICKSTART)
-    dataset = load_dataset(cfg.dataset.name, cfg.data_dir, download=False)
+    dataset = dataset_from_config(plain(cfg.dataset), cfg.data_dir)
     data = TrainingData(dataset, build_augmentation(cfg.dataset.augmentation), seed, CPU)
     torch.manual_seed(seed)
-    model = build_model(cfg.model.name, dataset.input_shape, dataset.num_classes, norm=cfg.model.norm)
+    model = model_from_config(plain(cfg.model), dataset.input_shape, dataset.num_classes)
     return model, data
 
 

@@ -6,7 +6,9 @@ from typing import Any
 
 import torch
 
-OPTIMIZERS = ("adagrad", "adagrad_norm", "adam", "adamw", "sgd", "sgdm")
+from .components import build
+from .run_keys import run_keys
+
 
 
 class AdaGradNorm(torch.optim.Optimizer):
@@ -73,18 +75,18 @@ class AdaGradNorm(torch.optim.Optimizer):
         return loss
 
 
+SHIPPED_OPTIMIZERS = {
+    "adagrad": torch.optim.Adagrad,
+    "adagrad_norm": AdaGradNorm,
+    "adam": torch.optim.Adam,
+    "adamw": torch.optim.AdamW,
+    "sgd": torch.optim.SGD,
+    "sgdm": torch.optim.SGD,
+}
+OPTIMIZERS = tuple(SHIPPED_OPTIMIZERS)
+
 def build_optimizer(cfg: Mapping[str, Any], params: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
-    """Build the optimizer named `cfg["name"]`; the other keys (but the display labels) are its hyperparameters."""
-    options = {k: v for k, v in cfg.items() if k not in ("name", "label", "tested_label")}
-    name = cfg["name"]
-    if name == "adagrad":
-        return torch.optim.Adagrad(params, **options)
-    if name == "adagrad_norm":
-        return AdaGradNorm(params, **options)
-    if name in ("adam", "adamw"):
-        if "betas" in options:
-            options["betas"] = tuple(options["betas"])
-        return (torch.optim.Adam if name == "adam" else torch.optim.AdamW)(params, **options)
-    if name in ("sgd", "sgdm"):
-        return torch.optim.SGD(params, **options)
-    raise ValueError(f"optimizer={name!r} is unknown; choose one of {', '.join(OPTIMIZERS)}")
+    """The optimizer of config `cfg` (its `_target_`, or the shipped one named `cfg["name"]`) over `params`;
+    the keys but the labels are its hyperparameters."""
+    return build("optimizer", cfg, params, shipped=SHIPPED_OPTIMIZERS, run_keys=run_keys("optimizer"))
+

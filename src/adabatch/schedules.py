@@ -6,7 +6,7 @@ from bisect import bisect_right
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-SCHEDULES = ("constant", "cosine", "linear", "multistep")
+from .components import build
 
 Schedule = Callable[[int], float]
 
@@ -49,9 +49,10 @@ def multistep(milestones: Sequence[int], gamma: float = 0.1, warmup_samples: int
     return lambda samples: _warmup(samples, warmup_samples) * gamma ** bisect_right(marks, samples)
 
 
+SHIPPED_SCHEDULES = {"constant": constant, "cosine": cosine, "linear": linear, "multistep": multistep}
+SCHEDULES = tuple(SHIPPED_SCHEDULES)
+
+
 def build_schedule(cfg: Mapping[str, Any]) -> Schedule:
-    options = {k: v for k, v in cfg.items() if k != "name"}
-    builders = {"constant": constant, "cosine": cosine, "linear": linear, "multistep": multistep}
-    if cfg["name"] not in builders:
-        raise ValueError(f"schedule={cfg['name']!r} is unknown; choose one of {', '.join(SCHEDULES)}")
-    return builders[cfg["name"]](**options)
+    """The schedule of config `cfg`: its `_target_`, or the shipped one named `cfg["name"]`."""
+    return build("schedule", cfg, shipped=SHIPPED_SCHEDULES)

@@ -17,12 +17,13 @@ from .checkpoint import (
     CHECKPOINT_FILE, how_to_start, load_checkpoint, remove_earlier_run, remove_temporary_files, restore,
     write_checkpoint,
 )
-from .data import ArrayDataset, TrainingData, build_augmentation, evaluation_batches, load_dataset, plan_layout
+from .data import ArrayDataset, TrainingData, build_augmentation, evaluation_batches, plan_layout
+from .data.from_config import dataset_from_config
 from .device import autocast, resolve_device
 from .distributed import SINGLE_PROCESS, World
 from .micro_batch import AUTO, choose_max_micro
 from .milestones import crossed, early_evaluation_points, evaluation_due
-from .models import build_model, normalization_of
+from .models import model_from_config, normalization_of
 from .optim import build_optimizer
 from .preemption import PREEMPTED_EXIT_CODE, StopRequest
 from .records import read_summary
@@ -31,7 +32,7 @@ from .run_lock import own_run_directory
 from .schedules import Schedule, build_schedule
 from .stats import StatisticsEngine, build_engine
 from .step import evaluation_totals
-from .validation import MODEL_KEYS_NOT_OPTIONS, check_config, plain
+from .validation import check_config, check_model, plain
 
 
 @dataclass
@@ -57,14 +58,14 @@ def build_experiment(cfg: DictConfig, world: World = SINGLE_PROCESS) -> Experime
     device = resolve_device(cfg.device, world.local_rank)
     torch.manual_seed(cfg.seed)
     with world.main_first():  # rank 0 downloads what is missing; the others then find it
-        dataset = load_dataset(cfg.dataset.name, cfg.data_dir, download=cfg.dataset.download).to(device)
+        dataset = dataset_from_config(plain(cfg.dataset), cfg.data_dir).to(device)
     data = TrainingData(dataset, build_augmentation(cfg.dataset.augmentation), cfg.seed, device)
-    options = {k: v for k, v in plain(cfg.model).items() if k not in MODEL_KEYS_NOT_OPTIONS}
-    model = build_model(cfg.model.name, dataset.input_shape, dataset.num_classes, norm=cfg.model.norm, **options)
-    model = model.to(device)
+    model = model_from_config(plain(cfg.model), dataset.input_shape, dataset.num_classes)
     population = dataset.num_train
     batch_options, capped = cap_batch_sizes(plain(cfg.batch_size), population)  # batches hold distinct examples
     policy = build_policy(batch_options, budget=cfg.train.samples, population=population)
+    check_model(model, policy, cfg)
+    model = model.to(device)
     engine = None
     if isinstance(policy, AdaptiveTest):
         engine = build_engine(cfg.batch_size.engine, model)  # on the bare model: tested steps reduce their own sums

@@ -1,32 +1,31 @@
 """Check a composed config before anything is loaded or written: every rejection is one line naming
 the key, the value and what is allowed.
 
-The checks build the cheap components (policy, schedule, optimizer on a stand-in parameter, the model
-on the meta device), so they reject exactly what building the run would reject, only earlier.
+`check_config` builds the cheap components (policy, schedule, optimizer on a stand-in parameter) and
+checks that the model's and the dataset's targets can be called with their keys, so it rejects what
+building the run would reject, only earlier. The model's shapes come from the data: `check_model`
+checks the built model, after the data is loaded and before anything is written.
 """
 from __future__ import annotations
-
-import re
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from .batch_size import AdaptiveTest, build_policy
+from .batch_size import AdaptiveTest, BatchSizePolicy, build_policy
 from .config_ranges import check_ranges
-from .data import AUGMENTATIONS, DATASET_SHAPES, DATASETS
+from .data import AUGMENTATIONS
+from .data.from_config import check_dataset_config
 from .device import autocast, resolve_device
 from .distributed import World
-from .models import build_model
+from .errors import ConfigError
+from .models import check_model_config
 from .optim import build_optimizer
 from .schedules import build_schedule
 from .stats import ENGINES, build_engine
 
+__all__ = ["ConfigError", "check_config", "check_model", "plain"]
+
 RESUME_MODES = ("auto", "never", "must")
-MODEL_KEYS_NOT_OPTIONS = ("name", "norm")
-
-
-class ConfigError(ValueError):
-    """A config that cannot run; the message is one line."""
 
 
 def plain(node: DictConfig) -> dict:
@@ -57,32 +56,34 @@ def _check(cfg: DictConfig, world: World) -> None:
         raise ConfigError(f"batch_size.max_micro_memory_gb={memory_gb} must be a number of GiB > 0, "
                           "or null (the device's free memory)")
 
-    choice("dataset", cfg.dataset.name, DATASETS)
+    check_dataset_config(plain(cfg.dataset), cfg.data_dir)
     choice("dataset.augmentation", cfg.dataset.augmentation, AUGMENTATIONS)
     device = resolve_device(cfg.device, world.local_rank)
     autocast(device, train.precision)
     build_schedule(plain(cfg.schedule))
-    try:
-        build_optimizer(plain(cfg.optimizer), [torch.nn.Parameter(torch.zeros(1))])
-    except (ValueError, TypeError) as error:  # torch's own messages name the value but not the key
-        message = re.sub(r"\w+\.__init__\(\) ", "", str(error))
-        raise ConfigError(message if message.startswith("optimizer") else f"optimizer={cfg.optimizer.name}: {message}") from None
+    build_optimizer(plain(cfg.optimizer), [torch.nn.Parameter(torch.zeros(1))])
     policy = build_policy(plain(cfg.batch_size), budget=train.samples)
     if policy.initial < world.size:
         raise ConfigError(
             f"batch_size.initial={policy.initial} gives some of the {world.size} ranks no example; "
             f"raise batch_size.initial to at least {world.size} or run fewer processes"
         )
-    shape, classes = DATASET_SHAPES[cfg.dataset.name]
-    options = {k: v for k, v in plain(cfg.model).items() if k not in MODEL_KEYS_NOT_OPTIONS}
-    with torch.device("meta"):  # the model's structure without its memory
-        model = build_model(cfg.model.name, shape, classes, norm=cfg.model.norm, **options)
+    check_model_config(plain(cfg.model))
     if isinstance(policy, AdaptiveTest):
         choice("batch_size.engine", cfg.batch_size.engine, ENGINES)
-        refuse_batch_norm(model, cfg)
-        refuse_dropout_under_vmap(model, cfg)
-        if cfg.batch_size.engine == "ghost":
+
+
+def check_model(model: torch.nn.Module, policy: BatchSizePolicy, cfg: DictConfig) -> None:
+    """What the built model must be for the run's policy: per-example gradients for a test."""
+    if not isinstance(policy, AdaptiveTest):
+        return
+    refuse_batch_norm(model, cfg)
+    refuse_dropout_under_vmap(model, cfg)
+    if cfg.batch_size.engine == "ghost":
+        try:
             build_engine("ghost", model)  # names any layer it has no rule for
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
 
 
 def refuse_batch_norm(model: torch.nn.Module, cfg: DictConfig) -> None:
@@ -90,7 +91,7 @@ def refuse_batch_norm(model: torch.nn.Module, cfg: DictConfig) -> None:
     if any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()):
         raise ConfigError(
             f"batch_size={cfg.batch_size.name} needs per-example gradients, which BatchNorm does not have "
-            f"(model.norm={cfg.model.norm}); use model.norm=group (the default) or model.norm=none"
+            f"(model.norm={cfg.model.get('norm')}); use model.norm=group (the default) or model.norm=none"
         )
 
 

@@ -1,10 +1,11 @@
 """Batch-size policies: what the next batch size is after each optimizer step."""
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from typing import Any
 
+from ..components import build
+from ..run_keys import run_keys
 from .adaptive import AdaptiveTest, AugmentedInnerProductTest, CoordinateNormTest, InnerProductTest, NormTest
 from .base import BatchSizePolicy, Decision, grow
 from .fixed import Constant, LinearRamp, Stagewise
@@ -22,25 +23,12 @@ POLICY_CLASSES: dict[str, type[BatchSizePolicy]] = {
 }
 POLICIES = tuple(POLICY_CLASSES)
 
-# Keys of the batch_size group that configure the training loop rather than the policy.
-LOOP_KEYS = ("name", "max_micro", "max_micro_memory_gb", "engine")
-
-
 def build_policy(cfg: Mapping[str, Any], budget: int, population: int | None = None) -> BatchSizePolicy:
-    """The policy `cfg["name"]`; `population`, the training set's size, is for the tests' optional
-    finite-population correction (cap the batch sizes at it first: `cap_batch_sizes`)."""
-    name = cfg["name"]
-    if name not in POLICY_CLASSES:
-        raise ValueError(f"batch_size={name!r} is unknown; choose one of {', '.join(POLICIES)}")
-    options = {k: v for k, v in cfg.items() if k not in LOOP_KEYS}
-    if name == "stagewise":
-        options["budget"] = budget
-    if issubclass(POLICY_CLASSES[name], AdaptiveTest):
-        options["population"] = population
-    try:
-        return POLICY_CLASSES[name](**options)
-    except TypeError as error:  # an unknown or missing key
-        raise ValueError(re.sub(r"\w+\.__init__\(\) ", "", f"batch_size={name}: {error}")) from None
+    """The policy of config `cfg`: its `_target_`, or the shipped one named `cfg["name"]`. A policy that
+    has parameters named so gets the run's `budget` (samples) and `population`, the training set's size,
+    for the tests' optional finite-population correction (cap the batch sizes at it first: `cap_batch_sizes`)."""
+    return build("batch_size", cfg, shipped=POLICY_CLASSES, run_keys=run_keys("batch_size"),
+                 offered={"budget": budget, "population": population})
 
 
 def cap_batch_sizes(options: Mapping[str, Any], population: int) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -1,13 +1,17 @@
-"""Model zoo: ``build_model(name, input_shape, num_classes, norm, **options)``.
+"""Model zoo. A run builds its model from the config (`model_from_config`: the config's `_target_`,
+called as target(input_shape, num_classes, **options)); Python callers may name a shipped model
+(`build_model(name, input_shape, num_classes, norm, **options)`).
 
-The options a model accepts are the keyword-only parameters of its builder.
+The options a shipped model accepts are the keyword-only parameters of its builder.
 """
 
 import inspect
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from torch import nn
 
+from adabatch.components import build, check
 from adabatch.models.cnn import cnn
 from adabatch.models.mlp import logistic_regression, mlp
 from adabatch.models.norm import NORM_POLICIES, make_norm, normalization_of
@@ -25,8 +29,19 @@ _BUILDERS: dict[str, Callable[..., nn.Module]] = {
 MODELS = tuple(_BUILDERS)
 
 __all__ = [
-    "MODELS", "NORM_POLICIES", "build_model", "make_norm", "model_options", "normalization_of", "register_opacus_samplers",
+    "MODELS", "NORM_POLICIES", "build_model", "check_model_config", "make_norm", "model_from_config", "model_options",
+    "normalization_of", "register_opacus_samplers",
 ]
+
+
+def model_from_config(cfg: Mapping[str, Any], input_shape: Sequence[int], num_classes: int) -> nn.Module:
+    """The model of config `cfg` for inputs of shape (C, H, W) and `num_classes` logits."""
+    return build("model", cfg, tuple(int(s) for s in input_shape), int(num_classes), shipped=_BUILDERS)
+
+
+def check_model_config(cfg: Mapping[str, Any]) -> None:
+    """Refuse, before the data is loaded, a model config that `model_from_config` could not call."""
+    check("model", cfg, (1, 1, 1), 1, shipped=_BUILDERS)
 
 
 def model_options(name: str) -> tuple[str, ...]:
