@@ -2,7 +2,19 @@
 
 from adabatch.data.augment import AUGMENTATIONS, Augmentation, CropFlip, FlipResizedCrop, build_augmentation
 from adabatch.data.batches import Batch, Examples, Layout, TrainingData, evaluation_batches, normalize, plan_layout
-from adabatch.data.sources import DATASET_SHAPES, DATASETS, ArrayDataset, DatasetUnavailable, load_dataset
+from adabatch.data.sources import (
+    DATASET_SHAPES,
+    DATASETS,
+    SHIPPED_SOURCES,
+    ArrayDataset,
+    DatasetUnavailable,
+    cifar10,
+    cifar100,
+    digits,
+    fashion_mnist,
+    load_dataset,
+    mnist,
+)
 from adabatch.data.stream import IndexStream
 
 __all__ = [
@@ -18,10 +30,16 @@ __all__ = [
     "FlipResizedCrop",
     "IndexStream",
     "Layout",
+    "SHIPPED_SOURCES",
     "TrainingData",
     "build_augmentation",
+    "cifar10",
+    "cifar100",
+    "digits",
     "evaluation_batches",
+    "fashion_mnist",
     "load_dataset",
+    "mnist",
     "normalize",
     "plan_layout",
 ]
