@@ -1,7 +1,15 @@
-"""Datasets, seeded index streams, device-side augmentation and micro-batching."""
+"""Datasets, seeded index streams, device-side augmentation and micro-batching.
+
+Dataset sources (each returns an ArrayDataset; a config builds one with `_target_: adabatch.data.<name>`):
+digits, mnist, fashion_mnist, cifar10, cifar100 (SHIPPED_SOURCES, also by name through load_dataset),
+npz, image_folder and torchvision. The functions npz and image_folder hide the submodules of the same
+name as attributes of this package: import those modules with `from adabatch.data.npz import ...`.
+"""
 
 from adabatch.data.augment import AUGMENTATIONS, Augmentation, CropFlip, FlipResizedCrop, build_augmentation
 from adabatch.data.batches import Batch, Examples, Layout, TrainingData, evaluation_batches, normalize, plan_layout
+from adabatch.data.image_folder import image_folder
+from adabatch.data.npz import npz
 from adabatch.data.sources import (
     DATASET_SHAPES,
     DATASETS,
@@ -16,6 +24,7 @@ from adabatch.data.sources import (
     mnist,
 )
 from adabatch.data.stream import IndexStream
+from adabatch.data.torchvision_source import torchvision
 
 __all__ = [
     "AUGMENTATIONS",
@@ -38,8 +47,11 @@ __all__ = [
     "digits",
     "evaluation_batches",
     "fashion_mnist",
+    "image_folder",
     "load_dataset",
     "mnist",
     "normalize",
+    "npz",
     "plan_layout",
+    "torchvision",
 ]

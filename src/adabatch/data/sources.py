@@ -47,7 +47,7 @@ class DatasetUnavailable(RuntimeError):
 @dataclass(frozen=True, eq=False)
 class ArrayDataset:
     name: str
-    train_x: torch.Tensor  # uint8 (N, C, H, W)
+    train_x: torch.Tensor  # uint8 (N, C, H, W); float32 when already scaled (npz source, max_value 1.0)
     train_y: torch.Tensor  # int64 (N,)
     test_x: torch.Tensor
     test_y: torch.Tensor
