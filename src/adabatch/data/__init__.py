@@ -1,9 +1,30 @@
-"""Datasets, seeded index streams, device-side augmentation and micro-batching."""
+"""Datasets, seeded index streams, device-side augmentation and micro-batching.
+
+Dataset sources (each returns an ArrayDataset; a config builds one with `_target_: adabatch.data.<name>`):
+digits, mnist, fashion_mnist, cifar10, cifar100 (SHIPPED_SOURCES, also by name through load_dataset),
+npz, image_folder and torchvision. The functions npz and image_folder hide the submodules of the same
+name as attributes of this package: import those modules with `from adabatch.data.npz import ...`.
+"""
 
 from adabatch.data.augment import AUGMENTATIONS, Augmentation, CropFlip, FlipResizedCrop, build_augmentation
 from adabatch.data.batches import Batch, Examples, Layout, TrainingData, evaluation_batches, normalize, plan_layout
-from adabatch.data.sources import DATASET_SHAPES, DATASETS, ArrayDataset, DatasetUnavailable, load_dataset
+from adabatch.data.image_folder import image_folder
+from adabatch.data.npz import npz
+from adabatch.data.sources import (
+    DATASET_SHAPES,
+    DATASETS,
+    SHIPPED_SOURCES,
+    ArrayDataset,
+    DatasetUnavailable,
+    cifar10,
+    cifar100,
+    digits,
+    fashion_mnist,
+    load_dataset,
+    mnist,
+)
 from adabatch.data.stream import IndexStream
+from adabatch.data.torchvision_source import torchvision
 
 __all__ = [
     "AUGMENTATIONS",
@@ -18,10 +39,19 @@ __all__ = [
     "FlipResizedCrop",
     "IndexStream",
     "Layout",
+    "SHIPPED_SOURCES",
     "TrainingData",
     "build_augmentation",
+    "cifar10",
+    "cifar100",
+    "digits",
     "evaluation_batches",
+    "fashion_mnist",
+    "image_folder",
     "load_dataset",
+    "mnist",
     "normalize",
+    "npz",
     "plan_layout",
+    "torchvision",
 ]

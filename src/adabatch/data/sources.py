@@ -1,15 +1,19 @@
 """Loading the datasets of the paper into in-memory uint8 tensors.
 
-The on-disk formats (IDX files for MNIST / Fashion-MNIST, the pickled python
-batches for CIFAR) are parsed here; torchvision is used only to download
-missing files, after which the same parsers read them.
+Each shipped dataset is a source: a function returning an ArrayDataset (`digits`, `mnist`,
+`fashion_mnist`, `cifar10`, `cifar100`), so that a config can build it with `_target_`. The
+on-disk formats (IDX files for MNIST / Fashion-MNIST, the pickled python batches for CIFAR) are
+parsed here; torchvision is used only to download missing files, after which the same parsers read
+them. Generic sources live next to this module (`npz`, `image_folder`, `torchvision_source`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import gzip
+import inspect
 import pickle
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,7 +47,7 @@ class DatasetUnavailable(RuntimeError):
 @dataclass(frozen=True, eq=False)
 class ArrayDataset:
     name: str
-    train_x: torch.Tensor  # uint8 (N, C, H, W)
+    train_x: torch.Tensor  # uint8 (N, C, H, W); float32 when already scaled (npz source, max_value 1.0)
     train_y: torch.Tensor  # int64 (N,)
     test_x: torch.Tensor
     test_y: torch.Tensor
@@ -72,32 +76,50 @@ class ArrayDataset:
 
 
 def load_dataset(name: str, data_dir: str | Path, download: bool = True) -> ArrayDataset:
-    data_dir = Path(data_dir)
-    if name == "digits":
-        return _load_digits()
-    if name == "mnist":
-        return _load_idx_dataset(
-            name,
-            data_dir,
-            download,
-            torchvision_class="MNIST",
-            search_dirs=[data_dir / "MNIST" / "raw"],
-            mean=(0.1307,),
-            std=(0.3081,),
+    """The shipped source called `name`, given `data_dir` and `download` where it takes them."""
+    source = SHIPPED_SOURCES.get(name)
+    if source is None:
+        raise ValueError(f"dataset={name!r} is unknown; choose one of {', '.join(SHIPPED_SOURCES)}")
+    parameters = inspect.signature(source).parameters
+    arguments = {"data_dir": data_dir, "download": download}
+    return source(**{key: value for key, value in arguments.items() if key in parameters})
+
+
+def one_line(message: object) -> str:
+    """`message` (an exception or text) with every run of whitespace, newlines included, made one space."""
+    return " ".join(str(message).split())
+
+
+# Above this many elements, channel_stats works through the images in chunks of about this size.
+_STATS_CHUNK_ELEMENTS = 1 << 24
+
+
+def channel_stats(
+    images: np.ndarray | torch.Tensor, max_value: float
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and (population) standard deviation of images / max_value, in float64.
+
+    `images` is (N, C, H, W) of at least one image. Up to _STATS_CHUNK_ELEMENTS elements this is
+    numpy's mean and std of the scaled array; larger arrays take two passes over chunks, so the
+    float64 copy never exceeds a chunk.
+    """
+    x = images.numpy() if isinstance(images, torch.Tensor) else np.asarray(images)
+    if x.ndim != 4 or len(x) == 0:
+        raise ValueError(f"channel_stats needs (N, C, H, W) images with N >= 1, got shape {x.shape}")
+    step = max(1, _STATS_CHUNK_ELEMENTS // max(1, x[0].size))
+    if len(x) <= step:
+        scaled = x.astype(np.float64) / max_value
+        mean, std = scaled.mean(axis=(0, 2, 3)), scaled.std(axis=(0, 2, 3))
+    else:
+        chunks = [slice(start, start + step) for start in range(0, len(x), step)]
+        count = len(x) * x.shape[2] * x.shape[3]
+        mean = sum((x[chunk].astype(np.float64) / max_value).sum(axis=(0, 2, 3)) for chunk in chunks) / count
+        centre = mean[None, :, None, None]
+        squares = sum(
+            np.square(x[chunk].astype(np.float64) / max_value - centre).sum(axis=(0, 2, 3)) for chunk in chunks
         )
-    if name == "fashion_mnist":
-        return _load_idx_dataset(
-            name,
-            data_dir,
-            download,
-            torchvision_class="FashionMNIST",
-            search_dirs=[DEBIAN_FASHION_MNIST_DIR, data_dir / "FashionMNIST" / "raw"],
-            mean=(0.2860,),
-            std=(0.3530,),
-        )
-    if name in _CIFAR:
-        return _load_cifar(name, data_dir, download)
-    raise ValueError(f"dataset={name!r} is unknown; choose one of {', '.join(DATASETS)}")
+        std = np.sqrt(squares / count)
+    return tuple(float(v) for v in mean), tuple(float(v) for v in std)
 
 
 def _download_with_torchvision(dataset_class: str, root: Path) -> None:
@@ -125,18 +147,19 @@ def _download_or_explain(name: str, torchvision_class: str, data_dir: Path, down
 # --- sklearn digits -------------------------------------------------------------------------
 
 
-def _load_digits() -> ArrayDataset:
+def digits() -> ArrayDataset:
+    """scikit-learn's 8x8 digits (values 0..16), a stratified 80/20 split; no download."""
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
-    digits = load_digits()
-    images = digits.images.astype(np.uint8)[:, None]  # values 0..16
-    labels = digits.target.astype(np.int64)
+    data = load_digits()
+    images = data.images.astype(np.uint8)[:, None]  # values 0..16
+    labels = data.target.astype(np.int64)
     train_x, test_x, train_y, test_y = train_test_split(
         images, labels, test_size=0.2, stratify=labels, random_state=0
     )
     max_value = 16.0
-    scaled = train_x.astype(np.float64) / max_value
+    mean, std = channel_stats(train_x, max_value)
     return ArrayDataset(
         name="digits",
         train_x=torch.from_numpy(train_x),
@@ -145,8 +168,8 @@ def _load_digits() -> ArrayDataset:
         test_y=torch.from_numpy(test_y),
         num_classes=10,
         max_value=max_value,
-        mean=tuple(float(v) for v in scaled.mean(axis=(0, 2, 3))),
-        std=tuple(float(v) for v in scaled.std(axis=(0, 2, 3))),
+        mean=mean,
+        std=std,
     )
 
 
@@ -216,6 +239,34 @@ def _load_idx_dataset(
     train_x, train_y = _read_idx_split(directory, "train")
     test_x, test_y = _read_idx_split(directory, "test")
     return ArrayDataset(name, train_x, train_y, test_x, test_y, 10, 255.0, mean, std)
+
+
+def mnist(data_dir: str | Path, download: bool = True) -> ArrayDataset:
+    """MNIST from data_dir/MNIST/raw (IDX files, gzipped or not), downloaded there when missing."""
+    data_dir = Path(data_dir)
+    return _load_idx_dataset(
+        "mnist",
+        data_dir,
+        download,
+        torchvision_class="MNIST",
+        search_dirs=[data_dir / "MNIST" / "raw"],
+        mean=(0.1307,),
+        std=(0.3081,),
+    )
+
+
+def fashion_mnist(data_dir: str | Path, download: bool = True) -> ArrayDataset:
+    """Fashion-MNIST from Debian's dataset-fashion-mnist, else data_dir/FashionMNIST/raw, else downloaded."""
+    data_dir = Path(data_dir)
+    return _load_idx_dataset(
+        "fashion_mnist",
+        data_dir,
+        download,
+        torchvision_class="FashionMNIST",
+        search_dirs=[DEBIAN_FASHION_MNIST_DIR, data_dir / "FashionMNIST" / "raw"],
+        mean=(0.2860,),
+        std=(0.3530,),
+    )
 
 
 # --- CIFAR python batches ---------------------------------------------------------------------
@@ -293,3 +344,23 @@ def _load_cifar(name: str, data_dir: Path, download: bool) -> ArrayDataset:
     return ArrayDataset(
         name, train_x, train_y, test_x, test_y, layout.num_classes, 255.0, layout.mean, layout.std
     )
+
+
+def cifar10(data_dir: str | Path, download: bool = True) -> ArrayDataset:
+    """CIFAR-10 from data_dir/cifar-10-batches-py, downloaded there when missing."""
+    return _load_cifar("cifar10", Path(data_dir), download)
+
+
+def cifar100(data_dir: str | Path, download: bool = True) -> ArrayDataset:
+    """CIFAR-100 (fine labels) from data_dir/cifar-100-python, downloaded there when missing."""
+    return _load_cifar("cifar100", Path(data_dir), download)
+
+
+# The shipped sources by dataset name, in the order of DATASETS; load_dataset picks from these.
+SHIPPED_SOURCES: dict[str, Callable[..., ArrayDataset]] = {
+    "digits": digits,
+    "fashion_mnist": fashion_mnist,
+    "mnist": mnist,
+    "cifar10": cifar10,
+    "cifar100": cifar100,
+}
