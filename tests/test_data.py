@@ -9,7 +9,6 @@ import torch
 import torch.nn.functional as F
 
 from adabatch.data import (
-    DATASET_SHAPES,
     ArrayDataset,
     Batch,
     CropFlip,
@@ -133,7 +132,7 @@ def test_cifar10_from_python_batches(tmp_path):
     dataset = load_dataset("cifar10", tmp_path, download=False)
 
     assert dataset.train_x.shape == (10, 3, 32, 32) and dataset.train_x.dtype == torch.uint8
-    assert (dataset.input_shape, dataset.num_classes) == DATASET_SHAPES["cifar10"]
+    assert (dataset.input_shape, dataset.num_classes) == ((3, 32, 32), 10)
     assert dataset.test_x.shape == (2, 3, 32, 32)
     assert dataset.train_x[3, 1, 5, 7] == 200
     assert dataset.train_x[3, 1].sum() == 200 and dataset.train_x[3, 2].sum() == 0
@@ -160,7 +159,7 @@ def test_cifar100_uses_fine_labels_and_bytes_keys(tmp_path):
     dataset = load_dataset("cifar100", tmp_path, download=False)
 
     assert dataset.train_y.tolist() == [99, 0, 42, 7] and dataset.test_y.tolist() == [1, 2, 3]
-    assert (dataset.input_shape, dataset.num_classes) == DATASET_SHAPES["cifar100"]
+    assert (dataset.input_shape, dataset.num_classes) == ((3, 32, 32), 100)
     # CHW: channel c, row r, column q is element c * 1024 + r * 32 + q of the row.
     assert dataset.train_x[2, 2, 31, 0] == train[2, 2 * 1024 + 31 * 32]
     rgb_at_4_9 = train[1, [c * 1024 + 4 * 32 + 9 for c in range(3)]]
@@ -230,7 +229,7 @@ def test_digits_split_is_deterministic_stratified_partition(tmp_path):
     assert dataset.train_x.shape == (1437, 1, 8, 8) and dataset.test_x.shape == (360, 1, 8, 8)
     assert dataset.train_x.dtype == torch.uint8 and dataset.max_value == 16.0
     assert dataset.num_classes == 10 and set(dataset.test_y.tolist()) == set(range(10))
-    assert (dataset.input_shape, dataset.num_classes) == DATASET_SHAPES["digits"]  # what configs are checked with
+    assert (dataset.input_shape, dataset.num_classes) == ((1, 8, 8), 10)
     assert torch.equal(dataset.test_x, again.test_x) and torch.equal(dataset.train_y, again.train_y)
     totals, tests = Counter(dataset.train_y.tolist() + dataset.test_y.tolist()), Counter(dataset.test_y.tolist())
     assert all(abs(tests[label] - 0.2 * totals[label]) <= 1 for label in range(10))  # stratified
@@ -252,7 +251,7 @@ def test_real_fashion_mnist(tmp_path):
     dataset = load_dataset("fashion_mnist", tmp_path, download=False)
     assert dataset.train_x.shape == (60000, 1, 28, 28) and dataset.test_x.shape == (10000, 1, 28, 28)
     assert torch.bincount(dataset.train_y).tolist() == [6000] * 10
-    assert (dataset.input_shape, dataset.num_classes) == DATASET_SHAPES["fashion_mnist"] == DATASET_SHAPES["mnist"]
+    assert (dataset.input_shape, dataset.num_classes) == ((1, 28, 28), 10)
     assert (dataset.train_x.double() / 255).mean().item() == pytest.approx(0.2860, abs=1e-4)
 
 

@@ -6,12 +6,13 @@ Every file is written in its genuine format under tmp_path; nothing is downloade
 import numpy as np
 import pytest
 import torch
+import yaml
+from helpers import compose
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from PIL import Image
 
 from adabatch.data import (
-    DATASETS,
     SHIPPED_SOURCES,
     ArrayDataset,
     DatasetUnavailable,
@@ -23,10 +24,12 @@ from adabatch.data import (
     mnist,
     normalize,
     npz,
+    sources,
     torchvision,
+    torchvision_source,
 )
-from adabatch.data import sources, torchvision_source
 from adabatch.data.standin import IDX_STEMS, write_idx, write_idx_dir
+from adabatch.training import train
 
 
 def one_line_error(call, *args, **kwargs) -> str:
@@ -53,7 +56,7 @@ def assert_stats(dataset: ArrayDataset, train_x: np.ndarray, max_value: float) -
 
 
 def test_shipped_sources_are_the_dataset_names_in_order():
-    assert tuple(SHIPPED_SOURCES) == DATASETS
+    assert tuple(SHIPPED_SOURCES) == ("digits", "fashion_mnist", "mnist", "cifar10", "cifar100")
     assert SHIPPED_SOURCES["digits"] is digits and SHIPPED_SOURCES["mnist"] is mnist
 
 
@@ -479,3 +482,39 @@ def test_torchvision_items_that_are_tensors(tmp_path, to_tensor):
     reference = FakeData(size=4, image_size=(3, 5, 6))
     expected = np.stack([np.asarray(reference[i][0]).transpose(2, 0, 1) for i in range(4)])
     assert torch.equal(dataset.train_x, torch.from_numpy(expected))  # ToTensor's floats back to the same bytes
+
+
+# --- the three configs, through the real training loop --------------------------------------------
+
+
+def write_generic(source: str, root) -> list[str]:
+    """Files for `dataset=<source>` under root, and the overrides that point the config at them."""
+    rng = np.random.default_rng(3)
+    if source == "npz":
+        np.savez(root / "mine.npz", **good_npz_arrays())
+        return [f"dataset.path={root / 'mine.npz'}"]
+    if source == "image_folder":
+        for split, count in (("train", 6), ("test", 2)):
+            for label in ("cat", "dog"):
+                write_images(root, split, label, rng.integers(0, 256, (count, 6, 5, 3), dtype=np.uint8), "RGB")
+        return [f"dataset.root={root}"]
+    write_idx_dir(root / "KMNIST" / "raw", kmnist_arrays(), compress=False)
+    return ["dataset.class_name=KMNIST", "dataset.download=false", f"data_dir={root}"]
+
+
+@pytest.mark.parametrize("source", ["npz", "image_folder", "torchvision"])
+def test_generic_dataset_configs_train_through_the_loop(source, tmp_path):
+    overrides = write_generic(source, tmp_path)
+    cfg = compose(f"dataset={source}", *overrides, "model=logistic", "device=cpu", "batch_size=norm",
+                  "batch_size.initial=2", "batch_size.max=4", "train.samples=12", "train.eval_every=12",
+                  "train.progress_every_s=0")
+    summary = train(cfg, tmp_path / "run")
+    assert summary["status"] == "completed" and summary["samples"] >= 12
+    config = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert config["dataset"]["name"] == source and config["dataset"]["_target_"] == f"adabatch.data.{source}"
+
+
+def test_a_constant_channel_is_centred_not_divided_by_zero():
+    images = np.stack([np.full((4, 3, 3), 7, np.uint8), np.arange(36, dtype=np.uint8).reshape(4, 3, 3)], axis=1)
+    mean, std = sources.channel_stats(images, 255.0)
+    assert std[0] == 1.0 and mean[0] == 7 / 255 and std[1] == pytest.approx(float((images[:, 1] / 255).std()))

@@ -24,9 +24,10 @@ from typing import Any
 import hydra.utils
 from hydra.errors import InstantiationException
 
-from .errors import ConfigError
+from .errors import ConfigError, one_line
 
 TARGET = "_target_"
+HYDRA_KEYS = ("_args_", "_partial_", "_recursive_", "_convert_")  # read by instantiate, not passed on
 MISSING = "???"  # OmegaConf's mandatory value, left by OmegaConf.to_container(resolve=True)
 
 
@@ -56,27 +57,30 @@ def check(group: str, config: Mapping[str, Any], *args: Any, shipped: Mapping[st
     """What `build` would call, and with which keyword arguments, without calling it; or a ConfigError."""
     target = locate(group, config, shipped)
     options = {key: value for key, value in config.items() if key not in run_keys and key != TARGET}
+    hydra_keys = {key: options.pop(key) for key in HYDRA_KEYS if key in options}
     for key, value in options.items():
         if isinstance(value, str) and value == MISSING:
             raise ConfigError(f"{group}.{key} is required by {describe(group, config)}: add {group}.{key}=<value> "
                               "to the command line or to its config")
     parameters = Parameters(target)
     options.update({key: value for key, value in (offered or {}).items() if key in parameters.named})
+    positional = (*args, *hydra_keys.get("_args_", ()))
     unknown = [key for key in options if key not in parameters.named and not parameters.any_keyword]
     if unknown:
-        settable = [key for key in parameters.named[len(args):] if key not in (offered or {})]
+        settable = [key for key in parameters.named[len(positional):] if key not in (offered or {})]
         raise ConfigError(f"{group}.{unknown[0]} is not a parameter of {path_of(target)} ({describe(group, config)}); "
                           f"its parameters are {', '.join(settable) or 'none'}")
     if parameters.signature is not None and not parameters.any_keyword:
+        bind = parameters.signature.bind_partial if hydra_keys.get("_partial_") else parameters.signature.bind
         try:
-            parameters.signature.bind(*args, **options)
+            bind(*positional, **options)
         except TypeError as error:
             missing = str(error).partition("missing a required argument: ")[2].strip("'")
             if missing:
                 raise ConfigError(f"{group}.{missing} is required by {path_of(target)} ({describe(group, config)}): "
                                   f"add {group}.{missing}=<value> to the command line or to its config") from None
             raise ConfigError(f"{describe(group, config)}: {path_of(target)} cannot be called so ({error})") from None
-    return target, options
+    return target, {**options, **hydra_keys}
 
 
 def locate(group: str, config: Mapping[str, Any], shipped: Mapping[str, Callable[..., Any]]) -> Callable[..., Any]:
@@ -148,7 +152,3 @@ def describe(group: str, config: Mapping[str, Any]) -> str:
 
 def path_of(target: Callable[..., Any]) -> str:
     return f"{getattr(target, '__module__', '?')}.{getattr(target, '__qualname__', repr(target))}"
-
-
-def one_line(error: BaseException) -> str:
-    return " ".join(str(error).split()) or type(error).__name__

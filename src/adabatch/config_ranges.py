@@ -2,13 +2,14 @@
 type of every switch. `check_ranges` refuses the first key outside its rule, in one line naming the
 key, the value and what is allowed.
 
-The batch_size keys are checked for their type only: the policies check their ranges themselves
+The rules of a component's keys hold for the shipped components: a user's own (a config with a
+`_target_` of theirs) checks its keys itself. The batch_size keys are checked for their type only: the policies check their ranges themselves
 (which depend on the policy: a test needs batch_size.initial >= 2, a constant batch does not).
 """
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -125,9 +126,13 @@ RULES: dict[str, Rule] = {
 }
 
 
-def check_ranges(cfg: DictConfig) -> None:
-    """Every key of RULES that `cfg` holds; then the keys whose range depends on another key."""
+def check_ranges(cfg: DictConfig, shipped: Mapping[str, Collection[str]]) -> None:
+    """Every key of RULES that `cfg` holds, but those of a component whose name is not among the
+    `shipped` names of its group; then the keys whose range depends on another key."""
     for key, rule in RULES.items():
+        group = key.partition(".")[0]
+        if group in shipped and OmegaConf.select(cfg, f"{group}.name") not in shipped[group]:
+            continue
         node = OmegaConf.select(cfg, key, default=ABSENT)
         if node is ABSENT:
             continue
@@ -135,7 +140,8 @@ def check_ranges(cfg: DictConfig) -> None:
         if not rule.accepts(value):
             raise RangeError(f"{key}={value} must be {rule.allowed}")
     schedule = cfg.schedule
-    if "end_samples" in schedule and schedule.end_samples <= schedule.warmup_samples:
+    if schedule.get("name") in shipped.get("schedule", ()) and "end_samples" in schedule \
+            and schedule.end_samples <= schedule.warmup_samples:
         raise RangeError(
             f"schedule.end_samples={schedule.end_samples} must be above schedule.warmup_samples="
             f"{schedule.warmup_samples}: the decay runs from the end of the warmup to end_samples"

@@ -11,21 +11,23 @@ from __future__ import annotations
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from .batch_size import AdaptiveTest, BatchSizePolicy, build_policy
+from .batch_size import POLICY_CLASSES, AdaptiveTest, BatchSizePolicy, build_policy
 from .config_ranges import check_ranges
-from .data import AUGMENTATIONS
+from .data import AUGMENTATIONS, SHIPPED_SOURCES
 from .data.from_config import check_dataset_config
 from .device import autocast, resolve_device
 from .distributed import World
 from .errors import ConfigError
-from .models import check_model_config
-from .optim import build_optimizer
-from .schedules import build_schedule
+from .models import MODELS, check_model_config
+from .optim import SHIPPED_OPTIMIZERS, build_optimizer
+from .schedules import SHIPPED_SCHEDULES, build_schedule
 from .stats import ENGINES, build_engine
 
 __all__ = ["ConfigError", "check_config", "check_model", "plain"]
 
 RESUME_MODES = ("auto", "never", "must")
+SHIPPED_NAMES = {"dataset": SHIPPED_SOURCES, "model": MODELS, "optimizer": SHIPPED_OPTIMIZERS,
+                 "schedule": SHIPPED_SCHEDULES, "batch_size": POLICY_CLASSES}  # whose keys config_ranges knows
 
 
 def plain(node: DictConfig) -> dict:
@@ -47,7 +49,7 @@ def _check(cfg: DictConfig, world: World) -> None:
         at_least(f"train.{key}", train[key], 1)
     if train.eval_first is not None:
         at_least("train.eval_first", train.eval_first, 1)
-    check_ranges(cfg)
+    check_ranges(cfg, SHIPPED_NAMES)
     choice("resume", cfg.resume, RESUME_MODES)
     if cfg.batch_size.max_micro != "auto":
         at_least("batch_size.max_micro", cfg.batch_size.max_micro, 1, alternative="or auto")

@@ -6,13 +6,25 @@ npz, image_folder and torchvision. The functions npz and image_folder hide the s
 name as attributes of this package: import those modules with `from adabatch.data.npz import ...`.
 """
 
-from adabatch.data.augment import AUGMENTATIONS, Augmentation, CropFlip, FlipResizedCrop, build_augmentation
-from adabatch.data.batches import Batch, Examples, Layout, TrainingData, evaluation_batches, normalize, plan_layout
+from adabatch.data.augment import (
+    AUGMENTATIONS,
+    Augmentation,
+    CropFlip,
+    FlipResizedCrop,
+    build_augmentation,
+)
+from adabatch.data.batches import (
+    Batch,
+    Examples,
+    Layout,
+    TrainingData,
+    evaluation_batches,
+    normalize,
+    plan_layout,
+)
 from adabatch.data.image_folder import image_folder
 from adabatch.data.npz import npz
 from adabatch.data.sources import (
-    DATASET_SHAPES,
-    DATASETS,
     SHIPPED_SOURCES,
     ArrayDataset,
     DatasetUnavailable,
@@ -28,8 +40,6 @@ from adabatch.data.torchvision_source import torchvision
 
 __all__ = [
     "AUGMENTATIONS",
-    "DATASETS",
-    "DATASET_SHAPES",
     "ArrayDataset",
     "Augmentation",
     "Batch",

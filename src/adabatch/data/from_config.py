@@ -11,6 +11,7 @@ from ..errors import ConfigError
 from ..run_keys import run_keys
 from .sources import SHIPPED_SOURCES, ArrayDataset
 
+
 def dataset_from_config(cfg: Mapping[str, Any], data_dir: str | Path) -> ArrayDataset:
     """Load the dataset; a source with a `data_dir` parameter gets the run's data_dir (where downloads land)."""
     dataset = build("dataset", cfg, shipped=SHIPPED_SOURCES, run_keys=run_keys("dataset"), offered={"data_dir": str(data_dir)})

@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from adabatch.data.sources import ArrayDataset, DatasetUnavailable, channel_stats, one_line
+from adabatch.data.sources import ArrayDataset, DatasetUnavailable, channel_stats
+from adabatch.errors import one_line
 
 _LAYOUT = "put the images in {root}/train/<class>/ and {root}/test/<class>/ (one folder per class)"
 

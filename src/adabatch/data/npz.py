@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from adabatch.data.sources import ArrayDataset, DatasetUnavailable, channel_stats, one_line
+from adabatch.data.sources import ArrayDataset, DatasetUnavailable, channel_stats
+from adabatch.errors import one_line
 
 KEYS = ("x_train", "y_train", "x_test", "y_test")
 _SAVE = "save x_train, y_train, x_test, y_test with numpy.savez"

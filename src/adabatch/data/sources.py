@@ -20,16 +20,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-DATASETS = ("digits", "fashion_mnist", "mnist", "cifar10", "cifar100")
-# (C, H, W) and classes of each dataset, known before loading it (configs are checked first).
-DATASET_SHAPES = {
-    "digits": ((1, 8, 8), 10),
-    "fashion_mnist": ((1, 28, 28), 10),
-    "mnist": ((1, 28, 28), 10),
-    "cifar10": ((3, 32, 32), 10),
-    "cifar100": ((3, 32, 32), 100),
-}
-
 # Debian package `dataset-fashion-mnist`; module-level so tests can redirect it.
 DEBIAN_FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 
@@ -65,6 +55,19 @@ class ArrayDataset:
         channels, height, width = self.train_x.shape[1:]
         return channels, height, width
 
+    @classmethod
+    def from_arrays(cls, name: str, train_x, train_y, test_x, test_y, num_classes: int | None = None,
+                    max_value: float = 255.0) -> ArrayDataset:
+        """A dataset of images (N, C, H, W) (uint8 up to `max_value`, or floating point already scaled, with
+        max_value=1.0) and integer labels, numpy or torch; num_classes defaults to the largest label + 1.
+        The per-channel mean and std, by which the run normalizes its inputs, are the training images'."""
+        train_x, test_x = torch.as_tensor(train_x), torch.as_tensor(test_x)
+        train_y, test_y = torch.as_tensor(train_y).long(), torch.as_tensor(test_y).long()
+        if num_classes is None:
+            num_classes = int(max(train_y.max(), test_y.max())) + 1
+        mean, std = channel_stats(train_x, max_value)
+        return cls(name, train_x, train_y, test_x, test_y, num_classes, float(max_value), mean, std)
+
     def to(self, device: torch.device | str) -> ArrayDataset:
         return dataclasses.replace(
             self,
@@ -85,11 +88,6 @@ def load_dataset(name: str, data_dir: str | Path, download: bool = True) -> Arra
     return source(**{key: value for key, value in arguments.items() if key in parameters})
 
 
-def one_line(message: object) -> str:
-    """`message` (an exception or text) with every run of whitespace, newlines included, made one space."""
-    return " ".join(str(message).split())
-
-
 # Above this many elements, channel_stats works through the images in chunks of about this size.
 _STATS_CHUNK_ELEMENTS = 1 << 24
 
@@ -101,7 +99,7 @@ def channel_stats(
 
     `images` is (N, C, H, W) of at least one image. Up to _STATS_CHUNK_ELEMENTS elements this is
     numpy's mean and std of the scaled array; larger arrays take two passes over chunks, so the
-    float64 copy never exceeds a chunk.
+    float64 copy never exceeds a chunk. A constant channel's std is 1.
     """
     x = images.numpy() if isinstance(images, torch.Tensor) else np.asarray(images)
     if x.ndim != 4 or len(x) == 0:
@@ -119,6 +117,7 @@ def channel_stats(
             np.square(x[chunk].astype(np.float64) / max_value - centre).sum(axis=(0, 2, 3)) for chunk in chunks
         )
         std = np.sqrt(squares / count)
+    std = np.where(std > 0, std, 1.0)  # a constant channel is centred, not divided by zero
     return tuple(float(v) for v in mean), tuple(float(v) for v in std)
 
 
@@ -356,7 +355,7 @@ def cifar100(data_dir: str | Path, download: bool = True) -> ArrayDataset:
     return _load_cifar("cifar100", Path(data_dir), download)
 
 
-# The shipped sources by dataset name, in the order of DATASETS; load_dataset picks from these.
+# The shipped sources by dataset name; load_dataset and configs without a `_target_` pick from these.
 SHIPPED_SOURCES: dict[str, Callable[..., ArrayDataset]] = {
     "digits": digits,
     "fashion_mnist": fashion_mnist,

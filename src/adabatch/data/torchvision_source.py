@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import difflib
 import importlib
-import inspect
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from adabatch.data.sources import ArrayDataset, DatasetUnavailable, channel_stats, one_line
+from adabatch.components import Parameters
+from adabatch.data.sources import ArrayDataset, DatasetUnavailable, channel_stats
+from adabatch.errors import one_line
 
 # Shown as examples when dataset.class_name is unknown (those of them this torchvision has).
 EXAMPLE_CLASSES = ("CIFAR10", "EMNIST", "FakeData", "FashionMNIST", "KMNIST", "MNIST", "QMNIST", "STL10", "SVHN", "USPS")
@@ -37,7 +38,7 @@ def torchvision(
     """
     dataset_class = _dataset_class(class_name)
     options = _plain_options(options)
-    accepted = _accepted_arguments(dataset_class)
+    accepted = Parameters(dataset_class).named  # following **kwargs into the bases: EMNIST passes train on to MNIST
     base: dict[str, Any] = {}
     if "root" in accepted:
         base["root"] = str(data_dir)
@@ -116,27 +117,6 @@ def _dataset_class(class_name: object) -> type:
         f"dataset.class_name={class_name!r} is not a dataset class of torchvision.datasets; {guess}"
         f"choose one of its {len(classes)} VisionDataset classes, such as {examples}"
     )
-
-
-def _accepted_arguments(dataset_class: type) -> set[str]:
-    """Keyword arguments of __init__, following **kwargs into the bases (EMNIST passes train on to MNIST)."""
-    names: set[str] = set()
-    for klass in dataset_class.__mro__:
-        if "__init__" not in vars(klass):
-            continue
-        try:
-            parameters = inspect.signature(klass.__init__).parameters
-        except (TypeError, ValueError):
-            break
-        kinds = {parameter.kind for parameter in parameters.values()}
-        names |= {
-            name
-            for name, parameter in list(parameters.items())[1:]  # past self
-            if parameter.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-        }
-        if inspect.Parameter.VAR_KEYWORD not in kinds:
-            break
-    return names
 
 
 def _plain_options(options: object) -> dict[str, Any]:
