@@ -168,10 +168,10 @@ def test_engines_agree_in_float32_on_channels_last_activations():
 
 GHOST_BRANCHES = {  # how the ghost engine treats dense layers with several positions (layers.py)
     "gram": {"FORM_RATIO": {False: 0.0, True: 0.0}, "MIN_CHUNK_ELEMENTS": 1},
-    "formed_from_patches": {"FORM_RATIO": {False: 1e9, True: 1e9}, "GROUPED_CONV_CHANNELS": range(0),
+    "formed_from_patches": {"FORM_RATIO": {False: 1e9, True: 1e9}, "GROUPED_CONV_MIN_CHANNELS": 10**9,
                             "MIN_TRANSIENT_ELEMENTS": 1 << 40},  # one chunk; inner products from kept gradients
-    "formed_grouped": {"FORM_RATIO": {False: 1e9, True: 1e9}, "GROUPED_CONV_CHANNELS": range(10**6),
-                       "GROUPED_CONV_MIN_POSITIONS": 0},
+    "formed_grouped": {"FORM_RATIO": {False: 1e9, True: 1e9}, "GROUPED_CONV_MIN_CHANNELS": 0,
+                       "GROUPED_CONV_POSITIONS_PER_OUTPUT": -1},
     # inner products by applying the layer again (nothing kept)
     "formed_one_example_a_chunk": {"FORM_RATIO": {False: 1e9, True: 1e9}, "MIN_TRANSIENT_ELEMENTS": 1,
                                    "TRANSIENT_SHARE": 0.0},

@@ -22,13 +22,7 @@ from .checkpoint import (
     restore,
     write_checkpoint,
 )
-from .data import (
-    ArrayDataset,
-    TrainingData,
-    build_augmentation,
-    evaluation_batches,
-    plan_layout,
-)
+from .data import ArrayDataset, TrainingData, build_augmentation, evaluation_batches, plan_layout
 from .data.from_config import dataset_from_config
 from .device import autocast, resolve_device
 from .distributed import SINGLE_PROCESS, World

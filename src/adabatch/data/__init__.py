@@ -6,22 +6,8 @@ npz, image_folder and torchvision. The functions npz and image_folder hide the s
 name as attributes of this package: import those modules with `from adabatch.data.npz import ...`.
 """
 
-from adabatch.data.augment import (
-    AUGMENTATIONS,
-    Augmentation,
-    CropFlip,
-    FlipResizedCrop,
-    build_augmentation,
-)
-from adabatch.data.batches import (
-    Batch,
-    Examples,
-    Layout,
-    TrainingData,
-    evaluation_batches,
-    normalize,
-    plan_layout,
-)
+from adabatch.data.augment import AUGMENTATIONS, Augmentation, CropFlip, FlipResizedCrop, build_augmentation
+from adabatch.data.batches import Batch, Examples, Layout, TrainingData, evaluation_batches, normalize, plan_layout
 from adabatch.data.image_folder import image_folder
 from adabatch.data.npz import npz
 from adabatch.data.sources import (

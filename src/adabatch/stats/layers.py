@@ -16,6 +16,7 @@ i's own output gradient), without forming per-example gradients wherever an iden
 """
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -40,11 +41,15 @@ MIN_CHUNK_ELEMENTS = 1 << 22
 TRANSIENT_SHARE = 1 / 16
 MIN_TRANSIENT_ELEMENTS = 1 << 20
 
-# Per-example conv gradients as one grouped convolution (else patches and a batched matmul) for input
-# channels in this range and at least this many output positions (CPU timings: with fewer channels the
-# grouped convolution vectorizes poorly, with more the batched matmul wins).
-GROUPED_CONV_CHANNELS = range(8, 65)
-GROUPED_CONV_MIN_POSITIONS = 256
+# Per-example conv gradients as one grouped convolution, rather than patches and a batched matmul, when
+# the patches would be larger than the gradients they give (more output positions than output channels:
+# the grouped convolution saves writing and reading them), the kernel is larger than 1x1 (else the patches
+# are the input itself) and the input has at least a SIMD vector of channels (a grouped convolution
+# vectorizes over a group's input channels; with 1 or 3 it runs 2-2.4x slower than the matmul). Each
+# conv layer of the CNNs and ResNet-18 at b = 128 takes its faster form by this rule, or one within 10%
+# of it, on the 2-core Xeon of results/bench/cpu.md (per-layer timings: the closing note of issue 18).
+GROUPED_CONV_MIN_CHANNELS = 8
+GROUPED_CONV_POSITIONS_PER_OUTPUT = 1
 
 
 def transient_budget(input_elements: int) -> int:
@@ -308,7 +313,10 @@ class Conv2dRule(DenseRule):
         return self._weight_backward(a, delta, self.module.weight.shape, groups=1)
 
     def forms_from_patches(self, a, delta):
-        return a.shape[1] not in GROUPED_CONV_CHANNELS or delta[0, 0].numel() < GROUPED_CONV_MIN_POSITIONS
+        positions, channels = delta[0, 0].numel(), a.shape[1]
+        single_tap = math.prod(self.module.kernel_size) == 1
+        return (single_tap or channels < GROUPED_CONV_MIN_CHANNELS
+                or positions <= GROUPED_CONV_POSITIONS_PER_OUTPUT * self.module.out_channels)
 
     def form(self, a, delta, out=None):
         if self.forms_from_patches(a, delta):
