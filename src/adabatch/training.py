@@ -14,12 +14,7 @@ from torch.nn.parallel import DistributedDataParallel
 from .adaptive_batch import AdaptiveBatch, Diverged
 from .batch_size import AdaptiveTest, BatchSizePolicy, build_policy, cap_batch_sizes
 from .checkpoint import (
-    CHECKPOINT_FILE,
-    how_to_start,
-    load_checkpoint,
-    remove_earlier_run,
-    remove_temporary_files,
-    restore,
+    CHECKPOINT_FILE, how_to_start, load_checkpoint, remove_earlier_run, remove_temporary_files, restore,
     write_checkpoint,
 )
 from .data import ArrayDataset, TrainingData, build_augmentation, evaluation_batches, plan_layout

@@ -91,10 +91,9 @@ def check_model(model: torch.nn.Module, policy: BatchSizePolicy, cfg: DictConfig
 def refuse_batch_norm(model: torch.nn.Module, cfg: DictConfig) -> None:
     """BatchNorm mixes the examples of a batch, so per-example gradients (and the tests) are undefined."""
     if any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()):
-        raise ConfigError(
-            f"batch_size={cfg.batch_size.name} needs per-example gradients, which BatchNorm does not have "
-            f"(model.norm={cfg.model.get('norm')}); use model.norm=group (the default) or model.norm=none"
-        )
+        fix = (f"(model.norm={cfg.model.norm}); use model.norm=group (the default) or model.norm=none" if "norm" in cfg.model
+               else f"(model={cfg.model.name} has BatchNorm layers); use GroupNorm or LayerNorm instead")
+        raise ConfigError(f"batch_size={cfg.batch_size.name} needs per-example gradients, which BatchNorm does not have {fix}")
 
 
 def refuse_dropout_under_vmap(model: torch.nn.Module, cfg: DictConfig) -> None:
