@@ -11,7 +11,10 @@ import textwrap
 
 import numpy as np
 import yaml
-from helpers import ROOT
+from helpers import ROOT, compose
+
+from adabatch import training
+from adabatch.records import read_metrics
 
 PACKAGE = '''
 import torch
@@ -100,12 +103,20 @@ def train(root, run: str, *overrides: str) -> tuple[dict, list[dict]]:
     return yaml.safe_load((run_dir / "config.yaml").read_text()), [r for r in records if r["kind"] == "train"]
 
 
-def test_own_model_npz_data_and_own_test_train_like_the_shipped_test(tmp_path):
+def train_in_process(root, run: str, *overrides: str) -> list[dict]:
+    """The same run in this process (the study's code on sys.path): its training records."""
+    cfg = compose(f"hydra.searchpath=[file://{root / 'configs'}]", *COMMON, *overrides)
+    training.train(cfg, root / run)
+    return list(read_metrics(root / run, "train"))
+
+
+def test_own_model_npz_data_and_own_test_train_like_the_shipped_test(tmp_path, monkeypatch):
     write_study(tmp_path)
     data = ["dataset=npz", f"dataset.path={tmp_path / 'mine.npz'}", "model=tinynet"]
     config, own = train(tmp_path, "own", *data, "batch_size=my_norm")
-    _, shipped = train(tmp_path, "shipped", *data, "batch_size=norm", "batch_size.initial=4", "batch_size.max=64",
-                       "batch_size.eta=0.5")
+    monkeypatch.syspath_prepend(str(tmp_path / "code"))
+    shipped = train_in_process(tmp_path, "shipped", *data, "batch_size=norm", "batch_size.initial=4",
+                               "batch_size.max=64", "batch_size.eta=0.5")
     # The configs named no `name` and no loop keys: the run gave them their config file's name and defaults.
     assert config["model"]["name"] == "tinynet" and config["batch_size"]["name"] == "my_norm"
     assert config["batch_size"]["engine"] == "ghost" and config["batch_size"]["max_micro"] == 1024
