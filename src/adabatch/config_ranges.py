@@ -3,8 +3,8 @@ type of every switch. `check_ranges` refuses the first key outside its rule, in 
 key, the value and what is allowed.
 
 The rules of a component's keys hold for the shipped components: a user's own (a config with a
-`_target_` of theirs) checks its keys itself. The batch_size keys are checked for their type only: the policies check their ranges themselves
-(which depend on the policy: a test needs batch_size.initial >= 2, a constant batch does not).
+`_target_` of theirs) checks its keys itself. The batch_size keys are checked for their type only: the
+policies check their ranges themselves (which depend on the policy: a test needs batch_size.initial >= 2, a constant batch does not).
 """
 from __future__ import annotations
 

@@ -14,7 +14,7 @@ from .sources import SHIPPED_SOURCES, ArrayDataset
 
 def dataset_from_config(cfg: Mapping[str, Any], data_dir: str | Path) -> ArrayDataset:
     """Load the dataset; a source with a `data_dir` parameter gets the run's data_dir (where downloads land)."""
-    dataset = build("dataset", cfg, shipped=SHIPPED_SOURCES, run_keys=run_keys("dataset"), offered={"data_dir": str(data_dir)})
+    dataset = build("dataset", cfg, **source_arguments(data_dir))
     if not isinstance(dataset, ArrayDataset):
         raise ConfigError(f"dataset={cfg.get('name') or cfg.get('_target_')} returned a {type(dataset).__name__}, "
                           "not an adabatch.data.ArrayDataset (see ArrayDataset.from_arrays)")
@@ -23,4 +23,8 @@ def dataset_from_config(cfg: Mapping[str, Any], data_dir: str | Path) -> ArrayDa
 
 def check_dataset_config(cfg: Mapping[str, Any], data_dir: str | Path) -> None:
     """Refuse, before anything is loaded, a dataset config that `dataset_from_config` could not call."""
-    check("dataset", cfg, shipped=SHIPPED_SOURCES, run_keys=run_keys("dataset"), offered={"data_dir": str(data_dir)})
+    check("dataset", cfg, **source_arguments(data_dir))
+
+
+def source_arguments(data_dir: str | Path) -> dict[str, Any]:
+    return {"shipped": SHIPPED_SOURCES, "run_keys": run_keys("dataset"), "offered": {"data_dir": str(data_dir)}}

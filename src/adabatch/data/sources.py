@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
-import inspect
 import pickle
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from ..components import build
 
 # Debian package `dataset-fashion-mnist`; module-level so tests can redirect it.
 DEBIAN_FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -80,12 +81,7 @@ class ArrayDataset:
 
 def load_dataset(name: str, data_dir: str | Path, download: bool = True) -> ArrayDataset:
     """The shipped source called `name`, given `data_dir` and `download` where it takes them."""
-    source = SHIPPED_SOURCES.get(name)
-    if source is None:
-        raise ValueError(f"dataset={name!r} is unknown; choose one of {', '.join(SHIPPED_SOURCES)}")
-    parameters = inspect.signature(source).parameters
-    arguments = {"data_dir": data_dir, "download": download}
-    return source(**{key: value for key, value in arguments.items() if key in parameters})
+    return build("dataset", {"name": name}, shipped=SHIPPED_SOURCES, offered={"data_dir": data_dir, "download": download})
 
 
 # Above this many elements, channel_stats works through the images in chunks of about this size.
