@@ -42,10 +42,17 @@ environment:
 clean-runs:
 	rm -rf runs multirun outputs
 
-## Tested step against plain step, per engine and test: results/bench/<device>.md
+## Tested step against plain step, per engine and test: results/bench/<device>.md, and the README's summary of cpu.csv
 .PHONY: bench
 bench: $(SYNCED)
 	$(PY) scripts/bench_stats.py $(ARGS)
+	$(PY) scripts/bench_summary.py
+
+## The same again into results/bench/repeat/: the README's summary then says how far apart the two runs are
+.PHONY: bench-repeat
+bench-repeat: $(SYNCED)
+	$(PY) scripts/bench_stats.py --out results/bench/repeat $(ARGS)
+	$(PY) scripts/bench_summary.py
 
 ## A sweep as a SLURM job array: make sweep NAME=eta GRID="experiment=cpu_digits_cnn batch_size.eta=0.25,0.5 seed=0,1"
 NAME ?= sweep

@@ -7,6 +7,7 @@ import csv
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -77,3 +78,49 @@ def test_the_anchors_compute_the_exact_engines_statistics_in_float32(anchor):
         assert float(found[key]) == pytest.approx(getattr(exact, key), rel=1e-3), key
     for mine, theirs in zip(found["coordinate_var"], exact.coord_var):
         torch.testing.assert_close(mine.double(), theirs, rtol=1e-3, atol=1e-9)
+
+
+def test_the_readme_quotes_the_committed_bench_table():
+    """The README's bench summary is written from results/bench/cpu.csv, never typed."""
+    from bench_summary import BEGIN, END, block
+    readme = (ROOT / "README.md").read_text()
+    csv_path = Path("results/bench/cpu.csv")
+    quoted = readme[readme.index(BEGIN.format(csv=csv_path.as_posix())): readme.index(END) + len(END)]
+    assert quoted == block(csv_path), "run scripts/bench_summary.py (make bench does) to quote the committed table"
+    assert "| norm | " in quoted and "Measured on " in quoted and "threads" in quoted
+
+
+def test_the_bench_summary_names_the_worst_model_and_ghosts_smallest_lead():
+    from bench_summary import summary
+    row = lambda model, engine, test, ratio, memory="1.00": {  # noqa: E731
+        "model": model, "batch_size": "128", "engine": engine, "test": test, "time_ratio": ratio, "memory_ratio": memory}
+    rows = [row("cnn", "ghost", "norm", "1.30", "1.10"), row("vit", "ghost", "norm", "1.50", "1.02"),
+            row("cnn", "opacus-user", "norm", "9.00"), row("cnn", "functorch-user", "norm", "8.00"),
+            row("vit", "functorch-user", "norm", "1.65")]
+    lines = summary(rows).splitlines()
+    assert lines[0] == "| test | ghost, worst of CNN / ViT | ghost memory, worst | best anchor as users call it, CNN / ViT |"
+    assert lines[2] == "| norm | 1.50x (ViT) | 1.10x | functorch-user 8.00x (ghost 1.30x) / functorch-user 1.65x (ghost 1.50x) |"
+    assert "smallest lead is on the ViT's norm test, where the anchor takes 1.10 times ghost's time" in " ".join(lines)
+    rows[-1]["time_ratio"] = "1.40"
+    assert "Ghost is not faster than the best anchor on the ViT's norm test" in summary(rows)
+
+
+def test_the_layer_profile_lists_every_layer_with_its_form():
+    result = subprocess.run([sys.executable, ROOT / "scripts" / "profile_layers.py", "--model", "cnn", "--test",
+                             "inner_product", "--size", "16", "--rounds", "1"],
+                            capture_output=True, text=True, timeout=300, check=True)
+    rows = [line.split(" | ") for line in result.stdout.splitlines() if line.startswith("| ") and "(" in line.split(" | ")[0]]
+    assert {row[0] for row in rows} == {"| 0 (Conv2d)", "| 3 (Conv2d)", "| 6 (Conv2d)", "| 10 (Linear)", "| 12 (Linear)"}
+    forms = {row[0]: row[2] for row in rows}
+    assert forms["| 10 (Linear)"] == "outer" and forms["| 0 (Conv2d)"].startswith(("formed", "gram"))
+    assert all(float(row[3]) > 0 for row in rows) and "the rules add" in result.stdout
+
+
+def test_the_bench_summary_says_how_far_a_second_run_is():
+    from bench_summary import repeat_line
+    row = lambda engine, ratio: {"model": "vit", "batch_size": "128", "engine": engine, "test": "norm", "time_ratio": ratio}  # noqa: E731
+    first = [row("plain", "1.00"), row("ghost", "1.30"), row("functorch-user", "1.60")]
+    second = [row("plain", "1.00"), row("ghost", "1.43"), row("functorch-user", "1.52")]
+    line = " ".join(repeat_line(first, second, Path("results/bench/repeat/cpu.csv")).split())
+    assert "ghost, 1 ratios within 10% (largest: ViT, ghost, norm: 1.30x then 1.43x)" in line
+    assert "the anchors as users call them (one round each), 1 ratios within 5%" in line

@@ -42,14 +42,16 @@ TRANSIENT_SHARE = 1 / 16
 MIN_TRANSIENT_ELEMENTS = 1 << 20
 
 # Per-example conv gradients as one grouped convolution, rather than patches and a batched matmul, when
-# the patches would be larger than the gradients they give (more output positions than output channels:
-# the grouped convolution saves writing and reading them), the kernel is larger than 1x1 (else the patches
-# are the input itself) and the input has at least a SIMD vector of channels (a grouped convolution
-# vectorizes over a group's input channels; with 1 or 3 it runs 2-2.4x slower than the matmul). Each
-# conv layer of the CNNs and ResNet-18 at b = 128 takes its faster form by this rule, or one within 10%
-# of it, on the 2-core Xeon of results/bench/cpu.md (per-layer timings: the closing note of issue 18).
+# the patches would be several times larger than the gradients they give (more than 4 output positions
+# per output channel: the grouped convolution saves writing and reading them, but runs a slower kernel
+# than the matmul), the kernel is larger than 1x1 (else the patches are the input itself) and the input
+# has at least a SIMD vector of channels (a grouped convolution vectorizes over a group's input channels;
+# with 1 or 3 it runs 2-2.4x slower than the matmul). In ResNet-18's passes at b = 128 on the 2-core Xeon
+# of results/bench/cpu.md (scripts/profile_layers.py), 2 positions per output channel (`stages.1`) took
+# half the time with patches (390 against 758 ms for its four 3x3 convolutions); 8 (the CIFAR CNN's
+# second layer) 1.6x less with the grouped convolution; 16 (`stages.0`) about the same either way.
 GROUPED_CONV_MIN_CHANNELS = 8
-GROUPED_CONV_POSITIONS_PER_OUTPUT = 1
+GROUPED_CONV_POSITIONS_PER_OUTPUT = 4
 
 
 def transient_budget(input_elements: int) -> int:
@@ -196,13 +198,26 @@ class DenseRule(LayerRule):
             found[m.weight] = self._weight_first_phase(a, delta, rows, coordinates, keep, budget)
         return combine([found[p] for p in self.params])
 
+    def weight_form(self, n: int, positions: int, coordinates: bool, keep: bool, budget: int) -> str:
+        """How the weight's sums are found for n examples of T positions: "outer" (T = 1), "gram", or
+        "formed" per-example gradients ("formed, kept" when kept for the inner products)."""
+        d_out, d_in = self.module.weight.shape[0], self.module.weight[0].numel()
+        if positions == 1:
+            return "outer"
+        keep_formed = keep and n * d_out * d_in <= budget
+        forming_is_cheaper = d_in * d_out <= FORM_RATIO[keep_formed] * positions * (d_in + d_out)
+        if not (coordinates or forming_is_cheaper):
+            return "gram"
+        return "formed, kept" if keep_formed else "formed"
+
     def _weight_first_phase(self, a, delta, rows, coordinates, keep, budget) -> LayerSums:
         weight = self.module.weight
         n, positions, d_out = rows.shape
         d_in = weight[0].numel()
         apply_and_dot = (lambda directions: [self._apply_and_dot(a, delta, directions[0])]) if keep else None
+        form = self.weight_form(n, positions, coordinates, keep, budget)
 
-        if positions == 1:  # ||g_i||² = ||delta_i||² ||a_i||², sum_i g_i⊙g_i = (delta⊙delta)ᵀ(a⊙a)
+        if form == "outer":  # ||g_i||² = ||delta_i||² ||a_i||², sum_i g_i⊙g_i = (delta⊙delta)ᵀ(a⊙a)
             inputs, outputs = self.patches(a)[:, 0], rows[:, 0]
             grad = (outputs.T @ inputs).view_as(weight)
             sq_norm = (inputs.square().sum(1) * outputs.square().sum(1)).sum()
@@ -210,9 +225,8 @@ class DenseRule(LayerRule):
             return LayerSums([grad], [sq_norm], coord_sq, apply_and_dot)
 
         patch_elements = positions * d_in if self.builds_patches else 0  # per example
-        keep_formed = keep and n * d_out * d_in <= budget
-        forming_is_cheaper = d_in * d_out <= FORM_RATIO[keep_formed] * positions * (d_in + d_out)
-        if not (coordinates or forming_is_cheaper):  # the Gram form, a chunk of examples at a time
+        keep_formed = form == "formed, kept"
+        if form == "gram":  # a chunk of examples at a time
             sq_norm = torch.zeros((), dtype=rows.dtype, device=rows.device)
             # Not TRANSIENT_SHARE of the pass: a chunk's patches and Gram matrices stay within this layer's
             # own input and output gradient, which the pass holds anyway (and at least MIN_CHUNK_ELEMENTS).

@@ -1,0 +1,143 @@
+"""The README's summary of `make bench`, written from the committed table rather than typed.
+
+    .venv/bin/python scripts/bench_summary.py            # rewrite the README's block from results/bench/cpu.csv
+    .venv/bin/python scripts/bench_summary.py --check    # exit 1 if the README's block is not the table's
+
+With a second run of the same command in results/bench/repeat/ (`make bench-repeat`), the block also
+says how far apart the two runs' time ratios are.
+
+Per test, at b = 128: the ghost engine's worst time ratio over the models and its worst memory ratio,
+and on each model where the anchors ran, the best anchor "as users call it" next to ghost's ratio on
+the same model. The block sits between the two marker lines below; `make bench` rewrites it.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import re
+import sys
+import textwrap
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from bench_anchors import ANCHORS  # noqa: E402
+
+BEGIN, END = "<!-- bench-summary: written by scripts/bench_summary.py from {csv} -->", "<!-- /bench-summary -->"
+SIZE = "128"
+TEST_NAMES = {"norm": "norm", "inner_product": "inner product", "augmented_inner_product": "augmented inner product",
+              "coordinate_norm": "coordinate-wise"}
+MODEL_NAMES = {"cnn": "CNN", "resnet18": "ResNet-18", "vit": "ViT"}
+
+
+def read_rows(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return [r for r in csv.DictReader(f) if r["batch_size"] == SIZE and r["time_ratio"]]
+
+
+def machine(table: Path) -> str:
+    """What the table's header says it ran on: the CPU or GPU, torch and the thread count."""
+    found = re.search(r"` on (.+?, \d+ threads)", table.read_text())
+    return found.group(1) if found else f"the machine named in {table.name}"
+
+
+def summary(rows: list[dict]) -> str:
+    """The table and one line on ghost's smallest lead over the best anchor."""
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    anchor_models = [m for m in models if any(r["model"] == m and r["engine"] in ANCHORS for r in rows)]
+    ratio = {(r["model"], r["engine"], r["test"]): r for r in rows}
+    name = lambda model: MODEL_NAMES.get(model, model)  # noqa: E731
+    lines = [
+        f"| test | ghost, worst of {' / '.join(map(name, models))} | ghost memory, worst | "
+        f"best anchor as users call it, {' / '.join(map(name, anchor_models))} |",
+        "|---|---|---|---|",
+    ]
+    leads = []
+    for test, label in TEST_NAMES.items():
+        ghost = [ratio[(m, "ghost", test)] for m in models if (m, "ghost", test) in ratio]
+        if not ghost:
+            continue
+        worst = max(ghost, key=lambda r: float(r["time_ratio"]))
+        memory = max(ghost, key=lambda r: float(r["memory_ratio"] or 0))
+        anchors = []
+        for model in anchor_models:
+            found = [ratio[(model, a, test)] for a in ANCHORS if (model, a, test) in ratio]
+            if not found or (model, "ghost", test) not in ratio:
+                continue
+            best, own = min(found, key=lambda r: float(r["time_ratio"])), ratio[(model, "ghost", test)]
+            anchors.append(f"{best['engine']} {best['time_ratio']}x (ghost {own['time_ratio']}x)")
+            leads.append((float(best["time_ratio"]) / float(own["time_ratio"]), name(model), label))
+        lines.append(f"| {label} | {worst['time_ratio']}x ({name(worst['model'])}) | {memory['memory_ratio']}x | "
+                     f"{' / '.join(anchors)} |")
+    if leads:
+        lead, model, label = min(leads)
+        if lead > 1:
+            verdict = (f"Ghost is faster than the best anchor on every row where both ran; its smallest lead is on the "
+                       f"{model}'s {label} test, where the anchor takes {lead:.2f} times ghost's time.")
+        else:
+            verdict = (f"Ghost is not faster than the best anchor on the {model}'s {label} test: the anchor takes "
+                       f"{lead:.2f} times ghost's time.")
+        lines += ["", textwrap.fill(verdict, 105)]
+    return "\n".join(lines)
+
+
+def repeat_line(rows: list[dict], repeat: list[dict], repeat_path: Path) -> str:
+    """How far the second run's time ratios are from the table's: ghost's, and the anchors' (one round)."""
+    first = {(r["model"], r["engine"], r["test"]): float(r["time_ratio"]) for r in rows if r["engine"] != "plain"}
+    second = {(r["model"], r["engine"], r["test"]): float(r["time_ratio"]) for r in repeat if r["engine"] != "plain"}
+    parts = []
+    for label, engines in (("ghost", {"ghost"}), ("the anchors as users call them (one round each)", set(ANCHORS))):
+        both = [(abs(second[k] / first[k] - 1), k) for k in first if k in second and k[1] in engines]
+        if both:
+            gap, (model, engine, test) = max(both)
+            parts.append(f"{label}, {len(both)} ratios within {gap:.0%} (largest: {MODEL_NAMES.get(model, model)}, "
+                         f"{engine}, {TEST_NAMES.get(test, test)}: {first[(model, engine, test)]:.2f}x then "
+                         f"{second[(model, engine, test)]:.2f}x)")
+    if not parts:
+        return ""
+    return textwrap.fill(f"A second run of the same command (`{repeat_path.as_posix()}`) against this one: "
+                         + "; ".join(parts) + ".", 105)
+
+
+def block(csv_path: Path) -> str:
+    ran_on = textwrap.fill(f"Measured on {machine((ROOT / csv_path).with_suffix('.md'))} "
+                           f"(`{csv_path.with_suffix('.md').as_posix()}`):", 105)
+    rows = read_rows(ROOT / csv_path)
+    lines = [BEGIN.format(csv=csv_path.as_posix()), ran_on, "", summary(rows)]
+    repeat_path = csv_path.parent / "repeat" / csv_path.name
+    if (ROOT / repeat_path).exists():
+        lines += ["", repeat_line(rows, read_rows(ROOT / repeat_path), repeat_path)]
+    return "\n".join([*lines, END])
+
+
+def replace_block(readme: str, csv_path: Path, new: str) -> str:
+    begin = BEGIN.format(csv=csv_path.as_posix())
+    start, end = readme.find(begin), readme.find(END)
+    if start < 0 or end < start:
+        raise SystemExit(f"error: the README has no block from {begin!r} to {END!r}; add the two lines where the "
+                         f"summary belongs")
+    return readme[:start] + new + readme[end + len(END):]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--csv", type=Path, default=Path("results/bench/cpu.csv"), help="relative to the repository root")
+    parser.add_argument("--readme", type=Path, default=ROOT / "README.md")
+    parser.add_argument("--check", action="store_true", help="exit 1 if the README's block differs, write nothing")
+    args = parser.parse_args()
+    if not (ROOT / args.csv).exists():
+        raise SystemExit(f"error: {args.csv} does not exist; run `make bench` first")
+    readme = args.readme.read_text()
+    updated = replace_block(readme, args.csv, block(args.csv))
+    if args.check:
+        if updated != readme:
+            raise SystemExit(f"{args.readme} does not quote {args.csv}: run scripts/bench_summary.py")
+        return
+    if updated != readme:
+        args.readme.write_text(updated)
+        print(f"{args.readme}: the bench summary now quotes {args.csv}")
+
+
+if __name__ == "__main__":
+    main()
