@@ -31,6 +31,10 @@ TEST_NAMES = {"norm": "norm", "inner_product": "inner product", "augmented_inner
 MODEL_NAMES = {"cnn": "CNN", "resnet18": "ResNet-18", "vit": "ViT"}
 
 
+def model_name(model: str) -> str:
+    return MODEL_NAMES.get(model, model)
+
+
 def read_rows(path: Path) -> list[dict]:
     with open(path, newline="") as f:
         return [r for r in csv.DictReader(f) if r["batch_size"] == SIZE and r["time_ratio"]]
@@ -47,10 +51,9 @@ def summary(rows: list[dict]) -> str:
     models = list(dict.fromkeys(r["model"] for r in rows))
     anchor_models = [m for m in models if any(r["model"] == m and r["engine"] in ANCHORS for r in rows)]
     ratio = {(r["model"], r["engine"], r["test"]): r for r in rows}
-    name = lambda model: MODEL_NAMES.get(model, model)  # noqa: E731
     lines = [
-        f"| test | ghost, worst of {' / '.join(map(name, models))} | ghost memory, worst | "
-        f"best anchor as users call it, {' / '.join(map(name, anchor_models))} |",
+        f"| test | ghost, worst of {' / '.join(map(model_name, models))} | ghost memory, worst | "
+        f"best anchor as users call it, {' / '.join(map(model_name, anchor_models))} |",
         "|---|---|---|---|",
     ]
     leads = []
@@ -67,8 +70,8 @@ def summary(rows: list[dict]) -> str:
                 continue
             best, own = min(found, key=lambda r: float(r["time_ratio"])), ratio[(model, "ghost", test)]
             anchors.append(f"{best['engine']} {best['time_ratio']}x (ghost {own['time_ratio']}x)")
-            leads.append((float(best["time_ratio"]) / float(own["time_ratio"]), name(model), label))
-        lines.append(f"| {label} | {worst['time_ratio']}x ({name(worst['model'])}) | {memory['memory_ratio']}x | "
+            leads.append((float(best["time_ratio"]) / float(own["time_ratio"]), model_name(model), label))
+        lines.append(f"| {label} | {worst['time_ratio']}x ({model_name(worst['model'])}) | {memory['memory_ratio']}x | "
                      f"{' / '.join(anchors)} |")
     if leads:
         lead, model, label = min(leads)
@@ -91,7 +94,7 @@ def repeat_line(rows: list[dict], repeat: list[dict], repeat_path: Path) -> str:
         both = [(abs(second[k] / first[k] - 1), k) for k in first if k in second and k[1] in engines]
         if both:
             gap, (model, engine, test) = max(both)
-            parts.append(f"{label}, {len(both)} ratios within {gap:.0%} (largest: {MODEL_NAMES.get(model, model)}, "
+            parts.append(f"{label}, {len(both)} ratios within {gap:.0%} (largest: {model_name(model)}, "
                          f"{engine}, {TEST_NAMES.get(test, test)}: {first[(model, engine, test)]:.2f}x then "
                          f"{second[(model, engine, test)]:.2f}x)")
     if not parts:
