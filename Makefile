@@ -7,6 +7,7 @@ UV = $(shell command -v uv 2>/dev/null || echo "$(PYTHON) -m uv")
 SYNCED := $(VENV)/.synced
 ARGS ?=
 PYTEST_ARGS ?=
+TEST_WORKERS ?= 2
 
 .PHONY: install run test lock environment clean-runs
 
@@ -25,9 +26,11 @@ $(SYNCED): pyproject.toml requirements.lock
 run: $(SYNCED)
 	$(PY) src/train.py experiment=quickstart $(ARGS)
 
-## The test suite
+## The test suite, a file per worker process (TEST_WORKERS=0: in this process). Most of its time is
+## subprocesses starting (seconds of imports each) and waiting on each other, so two workers share two
+## cores well; a file's tests stay together (one SLURM test at a time, module fixtures built once).
 test: $(SYNCED)
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 ## Re-resolve requirements.lock from pyproject.toml (newest allowed versions), then environment.yml
 lock:

@@ -126,10 +126,19 @@ class FormedRule(LayerRule):
 
 class GroupNormRule(FormedRule):
     def per_example(self, a, delta):
+        # PyTorch's own GroupNorm backward, on the batch seen as one example whose channels are every
+        # example's channels (n x num_groups groups): its weight and bias gradients per channel are
+        # the per-example gradients. It reads a and delta once, with the normalization's statistics,
+        # where recomputing the normalized input and multiplying wrote two tensors the size of a
+        # (fresh memory, 1.7x slower at ResNet-18's 32x32 layers on the CPU).
         m = self.module
-        n, channels = a.shape[:2]
-        normalized = F.group_norm(a, m.num_groups, eps=m.eps)
-        grads = {m.weight: (delta * normalized).reshape(n, channels, -1).sum(2), m.bias: delta.reshape(n, channels, -1).sum(2)}
+        n, channels, positions = a.shape[0], a.shape[1], a[0, 0].numel()
+        a, delta = a.reshape(1, n * channels, positions).contiguous(), delta.reshape(1, n * channels, positions).contiguous()
+        groups = n * m.num_groups
+        _, mean, rstd = torch.native_group_norm(a, None, None, 1, n * channels, positions, groups, m.eps)
+        _, weight, bias = torch.ops.aten.native_group_norm_backward(
+            delta, a, mean, rstd, None, 1, n * channels, positions, groups, [False, True, True])
+        grads = {m.weight: weight.view(n, channels), m.bias: bias.view(n, channels)}
         return [grads[p] for p in self.params]
 
 
@@ -139,7 +148,7 @@ class LayerNormRule(FormedRule):
         shape = m.normalized_shape
         normalized = F.layer_norm(a, shape, eps=m.eps)
         per_example = lambda t: t.reshape(a.shape[0], -1, *shape).sum(1)  # noqa: E731  (over tokens)
-        grads = {m.weight: per_example(delta * normalized)}
+        grads = {m.weight: per_example(normalized.mul_(delta))}
         if m.bias is not None:
             grads[m.bias] = per_example(delta)
         return [grads[p] for p in self.params]
@@ -277,7 +286,7 @@ class DenseRule(LayerRule):
         return [found[p] for p in self.params]
 
     def _apply_and_dot(self, a: torch.Tensor, delta: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        return (self.apply(a, weight) * delta).flatten(1).sum(1)
+        return self.apply(a, weight).mul_(delta).flatten(1).sum(1)  # apply's output is new memory
 
 
 class LinearRule(DenseRule):
