@@ -244,6 +244,20 @@ def test_ghost_engine_refuses_a_module_called_twice():
         gradient_with_statistics(build_engine("ghost", Twice()), data, batch, BATCH, Needs())
 
 
+@pytest.mark.parametrize("max_micro", [BATCH, 5])
+def test_ghost_allows_in_place_operations_on_the_first_layers_output(max_micro):
+    """The first layer's output is tied to the backward's anchor (ghost.Anchored); a ReLU(inplace=True)
+    on it must still run, and the statistics still be the per-example ones."""
+    model, data, batch = tiny_problem("mlp")
+    model = Float64(torch.nn.Sequential(torch.nn.Conv2d(1, 3, 3), torch.nn.ReLU(inplace=True),
+                                        torch.nn.Flatten(), torch.nn.Linear(48, 5)))
+    expected = brute_force(model, data, batch)
+    stats = gradient_with_statistics(build_engine("ghost", model), data, batch, max_micro,
+                                     Needs(inner_products=True), "global")[1]
+    for key in ("grad_sq_norm", "norm_var", "ip_var", "orth_var"):
+        close(getattr(stats, key), expected[key])
+
+
 def gradients_under_the_steps_masks(model, data, batch, max_micro):
     """Every example's gradient, one backward per example, with the dropout masks that the step's first
     pass draws: one forward per micro-batch, in order, from the same generator state."""
