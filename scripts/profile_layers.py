@@ -11,7 +11,8 @@ layer's batch gradient and statistics, what replaces autograd's weight gradient 
 time of that weight gradient alone as autograd computes it (`weight_gradient` on the layer's own input
 and output gradient; none for normalization layers, whose rules form their small per-example
 gradients), and which form the rule took: "outer" (one position), "gram", "formed" (per-example
-gradients; "kept" for the inner products), and for a formed convolution, "grouped" or "patches".
+gradients; "kept" for the inner products), and for a convolution, "grouped" or "patches" (formed),
+"offsets" or "patches" (gram: its input Gram matrices from shifted channel products or from patches).
 The difference of the two sums is most of what the tested step adds; the rest is the hooks' own cost.
 """
 from __future__ import annotations
@@ -93,6 +94,8 @@ def form_of(rule, a, delta, coordinates, keep, budget) -> tuple[str, str]:
     form = rule.weight_form(n, positions, coordinates, keep, budget)
     if form.startswith("formed") and isinstance(rule, Conv2dRule):
         form += ", patches" if rule.forms_from_patches(a, delta) else ", grouped"
+    if form == "gram" and isinstance(rule, Conv2dRule) and positions > 1:
+        form += ", offsets" if rule.grams_by_offsets(a) else ", patches"
     return form, f"{positions} x {d_in} -> {d_out}"
 
 

@@ -167,7 +167,8 @@ def test_engines_agree_in_float32_on_channels_last_activations():
 
 
 GHOST_BRANCHES = {  # how the ghost engine treats dense layers with several positions (layers.py)
-    "gram": {"FORM_RATIO": {False: 0.0, True: 0.0}, "MIN_CHUNK_ELEMENTS": 1},
+    "gram_from_patches": {"FORM_RATIO": {False: 0.0, True: 0.0}, "MIN_CHUNK_ELEMENTS": 1, "GRAM_BY_OFFSETS_COST": 0.0},
+    "gram_by_offsets": {"FORM_RATIO": {False: 0.0, True: 0.0}, "GRAM_BY_OFFSETS_COST": 1e9},  # (convolutions)
     "formed_from_patches": {"FORM_RATIO": {False: 1e9, True: 1e9}, "GROUPED_CONV_MIN_CHANNELS": 10**9,
                             "MIN_TRANSIENT_ELEMENTS": 1 << 40},  # one chunk; inner products from kept gradients
     "formed_grouped": {"FORM_RATIO": {False: 1e9, True: 1e9}, "GROUPED_CONV_MIN_CHANNELS": 0,
@@ -218,6 +219,23 @@ def test_ghost_conv_patches_are_unfolds_patches(options):
     a = torch.randn(2, 3, 9, 7, dtype=torch.float64)
     unfolded = torch.nn.functional.unfold(a, conv.kernel_size, conv.dilation, conv.padding, conv.stride)
     assert torch.equal(Conv2dRule(conv).patches(a), unfolded.transpose(1, 2))
+
+
+@pytest.mark.parametrize("options", [
+    {"kernel_size": 3, "padding": 1},
+    {"kernel_size": (2, 3), "stride": (2, 1), "padding": (0, 2)},
+    {"kernel_size": 3, "stride": 2, "dilation": (2, 1), "padding": 1},
+    {"kernel_size": 1, "stride": 2},
+])
+def test_ghost_conv_input_grams_by_offsets_are_the_patches_grams(options, monkeypatch):
+    from adabatch.stats import layers
+
+    monkeypatch.setattr(layers, "GRAM_BY_OFFSETS_COST", 1e9)
+    conv = torch.nn.Conv2d(3, 4, **options)
+    a = torch.randn(2, 3, 9, 7, dtype=torch.float64)
+    patches = torch.nn.functional.unfold(a, conv.kernel_size, conv.dilation, conv.padding, conv.stride)
+    torch.testing.assert_close(layers.Conv2dRule(conv).input_grams(a), patches.transpose(1, 2) @ patches,
+                               rtol=1e-12, atol=1e-12)
 
 
 class Twice(torch.nn.Module):

@@ -52,6 +52,10 @@ MIN_TRANSIENT_ELEMENTS = 1 << 20
 # second layer) 1.6x less with the grouped convolution; 16 (`stages.0`) about the same either way.
 GROUPED_CONV_MIN_CHANNELS = 8
 GROUPED_CONV_POSITIONS_PER_OUTPUT = 4
+# A Gram-form convolution's input Gram matrices from the channels' inner products at pairs of padded
+# positions (Conv2dRule.input_grams) when that costs at most this many times the multiply-adds of the
+# Gram matrices from patches: it writes no patches, so it is cheaper at equal counts.
+GRAM_BY_OFFSETS_COST = 1.0
 
 
 def transient_budget(input_elements: int) -> int:
@@ -193,6 +197,16 @@ class DenseRule(LayerRule):
 
     builds_patches = False  # whether `patches` builds new memory (unfolding) rather than a view
 
+    def input_grams(self, a: torch.Tensor) -> torch.Tensor:
+        """(c, T, T): A_i A_iᵀ, the inner products of the inputs a_t at every pair of positions, for the c
+        examples in `a`."""
+        inputs = self.patches(a)
+        return inputs @ inputs.transpose(1, 2)
+
+    def input_gram_elements(self, a: torch.Tensor, positions: int) -> int:
+        """The elements per example that `input_grams` holds besides the Gram matrices."""
+        return positions * self.module.weight[0].numel() if self.builds_patches else 0
+
     def forms_from_patches(self, a: torch.Tensor, delta: torch.Tensor) -> bool:
         """Whether `form` builds patches (else its memory is the per-example gradients alone)."""
         return self.builds_patches
@@ -240,9 +254,9 @@ class DenseRule(LayerRule):
             # Not TRANSIENT_SHARE of the pass: a chunk's patches and Gram matrices stay within this layer's
             # own input and output gradient, which the pass holds anyway (and at least MIN_CHUNK_ELEMENTS).
             budget = max(a.numel() + delta.numel(), MIN_CHUNK_ELEMENTS)
-            for chunk in chunks(n, budget // (patch_elements + 2 * positions**2)):
-                inputs, outputs = self.patches(a[chunk]), rows[chunk]
-                sq_norm += ((inputs @ inputs.transpose(1, 2)) * (outputs @ outputs.transpose(1, 2))).sum()
+            for chunk in chunks(n, budget // (self.input_gram_elements(a, positions) + 2 * positions**2)):
+                outputs = rows[chunk]
+                sq_norm += (self.input_grams(a[chunk]) * (outputs @ outputs.transpose(1, 2))).sum()
             return LayerSums([self.weight_gradient(a, delta)], [sq_norm], None, apply_and_dot)
 
         grad = torch.zeros(1, d_out * d_in, dtype=weight.dtype, device=weight.device)
@@ -315,15 +329,69 @@ class Conv2dRule(DenseRule):
     def patches(self, a):
         # What F.unfold returns, built from one strided view of the padded input per kernel offset:
         # stacking views copies at memory speed, several times faster than unfold on the CPU.
+        n, channels = a.shape[:2]
+        views = self._offset_windows(self._padded(a), (2,))
+        return torch.stack(views, 2).reshape(n, channels * len(views), -1).transpose(1, 2)
+
+    def input_grams(self, a):
+        # A_i A_iᵀ[t, t'] = sum over kernel offsets k of M_i[t + k, t' + k], where M_i holds the inner
+        # products of the channels at every pair of padded input positions: (H_p W_p)² C multiply-adds
+        # and no patches, against T² C k_h k_w from patches (more for a stride-1 convolution over a small
+        # image, whose T is close to H_p W_p).
+        if not self.grams_by_offsets(a):
+            return super().input_grams(a)
+        padded = self._padded(a)
+        n, channels, height, width = padded.shape
+        flat = padded.reshape(n, channels, height * width)
+        pairs = torch.bmm(flat.transpose(1, 2), flat).view(n, height, width, height, width)
+        windows = self._offset_windows(pairs, (1, 3))
+        grams = windows[0].clone()
+        for window in windows[1:]:
+            grams += window
+        positions = grams.shape[1] * grams.shape[2]
+        return grams.view(n, positions, positions)
+
+    def input_gram_elements(self, a, positions):
+        if not self.grams_by_offsets(a):
+            return super().input_gram_elements(a, positions)
+        padded = math.prod(self._padded_size(a))
+        return padded * padded + padded * a.shape[1]
+
+    def grams_by_offsets(self, a: torch.Tensor) -> bool:
+        """Whether `input_grams` sums shifted channel products (else it builds patches)."""
+        taps, channels = math.prod(self.module.kernel_size), a.shape[1]
+        padded, positions = math.prod(self._padded_size(a)), math.prod(self._output_size(*self._padded_size(a)))
+        by_offsets = padded**2 * channels + taps * positions**2  # the products M_i, then a sum per offset
+        return by_offsets <= GRAM_BY_OFFSETS_COST * positions**2 * channels * taps
+
+    def _padded(self, a: torch.Tensor) -> torch.Tensor:
+        ph, pw = self.module.padding
+        return F.pad(a, (pw, pw, ph, ph)) if ph or pw else a
+
+    def _padded_size(self, a: torch.Tensor) -> tuple[int, int]:
+        (ph, pw), (height, width) = self.module.padding, a.shape[-2:]
+        return height + 2 * ph, width + 2 * pw
+
+    def _output_size(self, padded_height: int, padded_width: int) -> tuple[int, int]:
         m = self.module
-        (kh, kw), (sh, sw), (dh, dw), (ph, pw) = m.kernel_size, m.stride, m.dilation, m.padding
-        n, channels, height, width = a.shape
-        rows = (height + 2 * ph - dh * (kh - 1) - 1) // sh + 1
-        cols = (width + 2 * pw - dw * (kw - 1) - 1) // sw + 1
-        padded = F.pad(a, (pw, pw, ph, ph)) if ph or pw else a
-        views = [padded[:, :, i * dh: i * dh + sh * (rows - 1) + 1: sh, j * dw: j * dw + sw * (cols - 1) + 1: sw]
-                 for i in range(kh) for j in range(kw)]
-        return torch.stack(views, 2).reshape(n, channels * kh * kw, rows * cols).transpose(1, 2)
+        (kh, kw), (sh, sw), (dh, dw) = m.kernel_size, m.stride, m.dilation
+        return (padded_height - dh * (kh - 1) - 1) // sh + 1, (padded_width - dw * (kw - 1) - 1) // sw + 1
+
+    def _offset_windows(self, padded: torch.Tensor, dims: tuple[int, ...]) -> list[torch.Tensor]:
+        """Per kernel offset, a strided view of `padded` at the input positions that the offset meets at
+        each output position, along each pair of (row, column) dimensions starting at `dims`."""
+        m = self.module
+        (kh, kw), (sh, sw), (dh, dw) = m.kernel_size, m.stride, m.dilation
+        rows, cols = self._output_size(*padded.shape[dims[0]:dims[0] + 2])
+        views = []
+        for i in range(kh):
+            for j in range(kw):
+                index = [slice(None)] * padded.dim()
+                for d in dims:
+                    index[d] = slice(i * dh, i * dh + sh * (rows - 1) + 1, sh)
+                    index[d + 1] = slice(j * dw, j * dw + sw * (cols - 1) + 1, sw)
+                views.append(padded[tuple(index)])
+        return views
 
     def output_rows(self, delta):
         return delta.flatten(2).transpose(1, 2)
