@@ -192,8 +192,17 @@ class DenseRule(LayerRule):
 
     def form(self, a: torch.Tensor, delta: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         """(c, d_out, d_in): the weight's per-example gradients of the c examples in (a, delta), in `out`
-        where given (a rule may return new memory instead)."""
+        where given (a rule may return new memory instead), each row's entries in the order of
+        `formed_order`."""
         return torch.bmm(self.output_rows(delta).transpose(1, 2), self.patches(a), out=out)
+
+    def formed_order(self, weight: torch.Tensor, a: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+        """(d_out, d_in): a tensor shaped like the weight, its entries in the order of `form`'s rows."""
+        return weight.reshape(weight.shape[0], -1)
+
+    def as_weight(self, formed: torch.Tensor, a: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+        """The inverse of `formed_order`: entries in the order of `form`'s rows, shaped like the weight."""
+        return formed.view_as(self.module.weight)
 
     builds_patches = False  # whether `patches` builds new memory (unfolding) rather than a view
 
@@ -281,10 +290,12 @@ class DenseRule(LayerRule):
                 coord_sq.addmm_(ones[:, :count], squares.view(count, -1))
             else:  # a dot product would skip the squares but round far worse (float32 accumulation)
                 sq_norm += squares.sum()
-        grad, coord_sq = grad.view_as(weight), None if coord_sq is None else coord_sq.view_as(weight)
+        grad, coord_sq = self.as_weight(grad, a, delta), None if coord_sq is None else self.as_weight(coord_sq, a, delta)
         inner_products = apply_and_dot
         if keep_formed:
-            inner_products = lambda directions: [torch.cat([g.flatten(1) @ directions[0].flatten() for g in formed])]  # noqa: E731
+            def inner_products(directions):
+                direction = self.formed_order(directions[0], a, delta).flatten()
+                return [torch.cat([g.flatten(1) @ direction for g in formed])]
         if coordinates:
             sq_norm = coord_sq.sum()
         return LayerSums([grad], [sq_norm], [coord_sq] if coordinates else None, inner_products)
@@ -410,6 +421,8 @@ class Conv2dRule(DenseRule):
                 or positions <= GROUPED_CONV_POSITIONS_PER_OUTPUT * self.module.out_channels)
 
     def form(self, a, delta, out=None):
+        if self._forms_channels_last(a, delta):
+            return torch.bmm(delta.flatten(2), self._channels_last_patches(a), out=out)
         if self.forms_from_patches(a, delta):
             return super().form(a, delta, out)
         n, channels = a.shape[:2]
@@ -418,6 +431,34 @@ class Conv2dRule(DenseRule):
         grads = self._weight_backward(a.reshape(1, n * channels, *a.shape[2:]),
                                       delta.reshape(1, -1, *delta.shape[2:]), shape, groups=n)
         return grads.view(n, self.module.out_channels, -1)
+
+    def formed_order(self, weight, a, delta):
+        if not self._forms_channels_last(a, delta):
+            return super().formed_order(weight, a, delta)
+        return weight.permute(0, 2, 3, 1).reshape(weight.shape[0], -1)
+
+    def as_weight(self, formed, a, delta):
+        if not self._forms_channels_last(a, delta):
+            return super().as_weight(formed, a, delta)
+        out_channels, channels, kh, kw = self.module.weight.shape
+        return formed.view(out_channels, kh, kw, channels).permute(0, 3, 1, 2).contiguous()
+
+    def _forms_channels_last(self, a: torch.Tensor, delta: torch.Tensor) -> bool:
+        # Each patch is copied in runs of contiguous elements: an output row's positions from the input as
+        # it is (channels first), or its channels from a channels-last copy of the input. The longer run
+        # copies faster, and channels last also hands the batched matmul contiguous rows of patches. With
+        # a single kernel offset the patches are no larger than that copy: channels first.
+        taps = math.prod(self.module.kernel_size)
+        return self.forms_from_patches(a, delta) and taps > 1 and a.shape[1] > delta.shape[-1]
+
+    def _channels_last_patches(self, a: torch.Tensor) -> torch.Tensor:
+        """(c, T, k_h k_w C): the patches of `patches` with each patch's entries ordered by kernel offset,
+        then channel."""
+        n = a.shape[0]
+        padded = self._padded(a).permute(0, 2, 3, 1).contiguous()
+        views = self._offset_windows(padded, (1,))
+        rows, cols = views[0].shape[1:3]
+        return torch.stack(views, 3).view(n, rows * cols, -1)
 
     def _weight_backward(self, a, delta, weight_shape, groups: int) -> torch.Tensor:
         m = self.module
