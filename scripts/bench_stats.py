@@ -8,9 +8,11 @@ A plain step is the forward and backward of a batch (`accumulate_gradient`); a t
 same batch through `gradient_with_statistics` with an engine and a test's needs. Each engine is timed
 in a process of its own (`--timing-only`), next to the plain step: the ghost engine in one, each
 per-example engine in another, so that no step is timed after another engine's multi-GiB allocations.
-In a process, after a warm-up, the configurations take turns for `--repeats` rounds (the slow
-per-example engines for the first `--per-example-repeats` of them), in a new random order each
-round, and a configuration's time ratio is the median over its rounds of its time over the plain
+In a process, after a warm-up, the configurations take turns for `--repeats` rounds, and for more
+while a model's timed rounds have taken less than `--min-seconds` (up to 10 times `--repeats`: the
+small CNN's rounds take a third of a second, and its per-round ratios spread by a third on a shared
+machine), the slow per-example engines in the first `--per-example-repeats` rounds only, in a new
+random order each round, and a configuration's time ratio is the median over its rounds of its time over the plain
 step's in the same round (shared machines drift by tens of percent within minutes; a round sees one
 state of the machine); the table gives the smallest and largest of those per-round ratios next to it.
 Peak memory is what a step adds above the memory in use before it, over the plain step's: on CUDA
@@ -75,10 +77,12 @@ class Result:
     seconds: float | None = None  # median
     ratio: float | None = None    # median over rounds of seconds / the plain step's seconds
     ratio_range: tuple[float, float] | None = None  # the smallest and largest of those per-round ratios
+    rounds: int | None = None
     peak_bytes: int | None = None
     skipped: str = ""
 
 
+MORE_ROUNDS = 10  # at most this many times --repeats rounds
 MEMORY_CHILD_ENV = {"MALLOC_MMAP_THRESHOLD_": str(128 * 1024)}
 
 
@@ -120,6 +124,8 @@ def parse_args() -> argparse.Namespace:
                         help="none: the plain step only; " + "; ".join(f"{k}: {v}" for k, v in ANCHORS.items()))
     parser.add_argument("--tests", nargs="+", default=list(TESTS), choices=TESTS)
     parser.add_argument("--repeats", type=int, default=7, help="timed rounds after one warm-up round")
+    parser.add_argument("--min-seconds", type=float, default=30.0,
+                        help="more rounds (up to 10x --repeats) while a model's timed rounds have taken less than this")
     parser.add_argument("--per-example-repeats", type=int, default=1,
                         help="of those rounds, how many time the per-example engines (opacus, functorch): at 2x to "
                              "30x a plain step they dominate the run, and one round places them well enough")
@@ -216,12 +222,16 @@ def bench_device(device: torch.device, args) -> list[Result]:
             steps, skipped = bench.steps(size)
             print(f"{device.type} {model_name} b={size}: {len(steps)} configurations", file=sys.stderr, flush=True)
             times = {key: [] for key in steps}
-            for round_ in range(1 + args.repeats):  # round 0 warms up
+            round_, timed = 0, 0.0  # round 0 warms up
+            more = any(engine not in ("plain", *PER_EXAMPLE_ENGINES) for engine, _ in steps)  # not for the plain step alone
+            while round_ <= args.repeats or (more and timed < args.min_seconds and round_ <= MORE_ROUNDS * args.repeats):
                 keys = [key for key in steps if key[0] not in PER_EXAMPLE_ENGINES or round_ <= args.per_example_repeats]
                 for key in order.sample(keys, len(keys)):
                     seconds = bench.timed(steps[key])
                     if round_:
                         times[key].append(seconds)
+                        timed += seconds
+                round_ += 1
             if device.type == "cpu":
                 peaks = measure_memory_in_child(model_name, size, sorted({e for e, _ in steps} - {"plain"}), args)
             else:  # after the warm-up round
@@ -230,7 +240,7 @@ def bench_device(device: torch.device, args) -> list[Result]:
             for key, seconds in times.items():  # a per-example engine's rounds are the first ones
                 per_round = [t / p for t, p in zip(seconds, plain)]
                 results.append(Result(model_name, size, *key, statistics.median(seconds), statistics.median(per_round),
-                                      (min(per_round), max(per_round)), peaks[key]))
+                                      (min(per_round), max(per_round)), len(seconds), peaks[key]))
             for key, why in skipped.items():
                 results.append(Result(model_name, size, *key, skipped=why))
         del bench
@@ -248,7 +258,8 @@ def engine_groups(engines: list[str]) -> list[list[str]]:
 def time_in_child(device: str, engines: list[str], models: list[str], args) -> list[Result]:
     command = [sys.executable, __file__, "--timing-only", "--device", device, "--models", *models,
                "--sizes", *map(str, args.sizes), "--tests", *args.tests, "--precision", args.precision,
-               "--repeats", str(args.repeats), "--per-example-repeats", str(args.per_example_repeats),
+               "--repeats", str(args.repeats), "--min-seconds", str(args.min_seconds),
+               "--per-example-repeats", str(args.per_example_repeats),
                "--memory-fraction", str(args.memory_fraction), "--engines", *engines]
     child = subprocess.run(command, stdout=subprocess.PIPE, text=True)  # its progress lines go to our stderr
     if child.returncode:
@@ -323,6 +334,7 @@ def ratios(results: list[Result]) -> list[dict]:
             "time_ms": f"{r.seconds * 1e3:.1f}" if measured else "",
             "time_ratio": f"{r.ratio:.2f}" if measured else "",
             "ratio_range": f"{r.ratio_range[0]:.2f}-{r.ratio_range[1]:.2f}" if measured else "",
+            "rounds": r.rounds if measured else "",
             "peak_mib": f"{r.peak_bytes / 2**20:.0f}" if measured else "",
             "memory_ratio": f"{r.peak_bytes / base.peak_bytes:.2f}" if measured and base and base.peak_bytes > 0 else "",
             "skipped": r.skipped,
@@ -349,15 +361,15 @@ def write_tables(results: list[Result], device: str, args) -> None:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    header = ["model", "b", "engine", "test", "time (ms)", "x plain", "x plain, min-max over rounds", "peak (MiB)",
+    header = ["model", "b", "engine", "test", "time (ms)", "x plain", "x plain, min-max over rounds", "rounds", "peak (MiB)",
               "x plain memory", "skipped"]
     lines = [
         f"# Tested step against a plain step ({device})",
         "",
         f"Written by `{' '.join(['scripts/bench_stats.py', *sys.argv[1:]])}` on {describe(torch.device(device))}, "
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, precision {args.precision}; "
-        f"{args.repeats} rounds ({min(args.repeats, args.per_example_repeats)} for "
-        f"{', '.join(PER_EXAMPLE_ENGINES)}). Each engine timed in a process of its own, next to the plain step. "
+        f"{args.repeats} rounds, more while a model's rounds took under {args.min_seconds:g} s "
+        f"({min(args.repeats, args.per_example_repeats)} for {', '.join(PER_EXAMPLE_ENGINES)}). Each engine timed in a process of its own, next to the plain step. "
         + "".join(f"{k}: {v}, float32, the leanest code a user of that library would write for the test's statistics. "
                   for k, v in ANCHORS.items()) +
         "Time: median; x plain: median over rounds of the ratio to the plain step of the same round. Peak memory: "

@@ -47,7 +47,10 @@ def test_bench_writes_its_tables_and_worst_overhead_lines(tmp_path):
             assert row["time_ratio"] == "1.00" and row["memory_ratio"] == "1.00"
     table = (tmp_path / "cpu.md").read_text()
     assert all(line in table for line in lines)
-    assert "2 rounds (1 for opacus, functorch, opacus-user, functorch-user)" in table  # --per-example-repeats' default
+    assert "2 rounds, more while a model's rounds took under 30 s (1 for opacus, functorch, opacus-user, " \
+           "functorch-user)" in table  # the defaults of --min-seconds and --per-example-repeats
+    rounds = {r["engine"]: int(r["rounds"]) for r in rows}
+    assert rounds["functorch"] == 1 and 2 <= rounds["plain"] == rounds["ghost"] <= 20
     assert "vector extensions:" in table and "Each engine timed in a process of its own" in table
     assert table.count("| cnn |") == len(rows)
 
