@@ -12,8 +12,8 @@ In a process, after a warm-up, the configurations take turns for `--repeats` rou
 while a model's timed rounds have taken less than `--min-seconds` (up to 10 times `--repeats`: the
 small CNN's rounds take a third of a second, and its per-round ratios spread by a third on a shared
 machine), the slow per-example engines in the first `--per-example-repeats` rounds only, in a new
-random order each round, and a configuration's time ratio is the median over its rounds of its time over the plain
-step's in the same round (shared machines drift by tens of percent within minutes; a round sees one
+random order each round, and a configuration's time ratio is the median over its rounds of its time
+over the plain step's in the same round (shared machines drift by tens of percent within minutes; a round sees one
 state of the machine); the table gives the smallest and largest of those per-round ratios next to it.
 Peak memory is what a step adds above the memory in use before it, over the plain step's: on CUDA
 the allocator's peak, measured in this process; on the CPU the peak resident set size, measured in a
@@ -361,15 +361,16 @@ def write_tables(results: list[Result], device: str, args) -> None:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    header = ["model", "b", "engine", "test", "time (ms)", "x plain", "x plain, min-max over rounds", "rounds", "peak (MiB)",
-              "x plain memory", "skipped"]
+    header = ["model", "b", "engine", "test", "time (ms)", "x plain", "x plain, min-max over rounds", "rounds",
+              "peak (MiB)", "x plain memory", "skipped"]
     lines = [
         f"# Tested step against a plain step ({device})",
         "",
         f"Written by `{' '.join(['scripts/bench_stats.py', *sys.argv[1:]])}` on {describe(torch.device(device))}, "
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, precision {args.precision}; "
         f"{args.repeats} rounds, more while a model's rounds took under {args.min_seconds:g} s "
-        f"({min(args.repeats, args.per_example_repeats)} for {', '.join(PER_EXAMPLE_ENGINES)}). Each engine timed in a process of its own, next to the plain step. "
+        f"({min(args.repeats, args.per_example_repeats)} for {', '.join(PER_EXAMPLE_ENGINES)}). "
+        "Each engine timed in a process of its own, next to the plain step. "
         + "".join(f"{k}: {v}, float32, the leanest code a user of that library would write for the test's statistics. "
                   for k, v in ANCHORS.items()) +
         "Time: median; x plain: median over rounds of the ratio to the plain step of the same round. Peak memory: "

@@ -356,7 +356,7 @@ class Conv2dRule(DenseRule):
         flat = padded.reshape(n, channels, height * width)
         pairs = torch.bmm(flat.transpose(1, 2), flat).view(n, height, width, height, width)
         windows = self._offset_windows(pairs, (1, 3))
-        grams = windows[0].clone()
+        grams = windows[0].clone(memory_format=torch.contiguous_format)
         for window in windows[1:]:
             grams += window
         positions = grams.shape[1] * grams.shape[2]
