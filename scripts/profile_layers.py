@@ -94,7 +94,7 @@ def form_of(rule, a, delta, coordinates, keep, budget) -> tuple[str, str]:
     form = rule.weight_form(n, positions, coordinates, keep, budget)
     if form.startswith("formed") and isinstance(rule, Conv2dRule):
         form += ", patches" if rule.forms_from_patches(a, delta) else ", grouped"
-    if form == "gram" and isinstance(rule, Conv2dRule) and positions > 1:
+    if form == "gram" and isinstance(rule, Conv2dRule):
         form += ", offsets" if rule.grams_by_offsets(a) else ", patches"
     return form, f"{positions} x {d_in} -> {d_out}"
 

@@ -214,6 +214,10 @@ class DenseRule(LayerRule):
 
     def input_gram_elements(self, a: torch.Tensor, positions: int) -> int:
         """The elements per example that `input_grams` holds besides the Gram matrices."""
+        return self.patch_elements(positions)
+
+    def patch_elements(self, positions: int) -> int:
+        """The elements of one example's patches that `patches` builds (none where it returns a view)."""
         return positions * self.module.weight[0].numel() if self.builds_patches else 0
 
     def forms_from_patches(self, a: torch.Tensor, delta: torch.Tensor) -> bool:
@@ -256,7 +260,6 @@ class DenseRule(LayerRule):
             coord_sq = [(outputs.square().T @ inputs.square()).view_as(weight)] if coordinates else None
             return LayerSums([grad], [sq_norm], coord_sq, apply_and_dot)
 
-        patch_elements = positions * d_in if self.builds_patches else 0  # per example
         keep_formed = form == "formed, kept"
         if form == "gram":  # a chunk of examples at a time
             sq_norm = torch.zeros((), dtype=rows.dtype, device=rows.device)
@@ -272,7 +275,7 @@ class DenseRule(LayerRule):
         sq_norm = torch.zeros((), dtype=rows.dtype, device=rows.device)
         coord_sq = torch.zeros_like(grad) if coordinates else None
         formed = []
-        form_elements = d_out * d_in + (patch_elements if self.forms_from_patches(a, delta) else 0)
+        form_elements = d_out * d_in + (self.patch_elements(positions) if self.forms_from_patches(a, delta) else 0)
         size = max(1, min(n, budget // form_elements))
         # Unless kept, every chunk's gradients go to one buffer (a new tensor this large is fresh memory,
         # whose first touch costs more than the arithmetic), and its sums over examples are matrix
