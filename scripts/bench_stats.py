@@ -124,11 +124,11 @@ def parse_args() -> argparse.Namespace:
                         help="none: the plain step only; " + "; ".join(f"{k}: {v}" for k, v in ANCHORS.items()))
     parser.add_argument("--tests", nargs="+", default=list(TESTS), choices=TESTS)
     parser.add_argument("--repeats", type=int, default=7, help="timed rounds after one warm-up round")
-    parser.add_argument("--min-seconds", type=float, default=30.0,
+    parser.add_argument("--min-seconds", type=float, default=60.0,
                         help="more rounds (up to 10x --repeats) while a model's timed rounds have taken less than this")
-    parser.add_argument("--per-example-repeats", type=int, default=1,
-                        help="of those rounds, how many time the per-example engines (opacus, functorch): at 2x to "
-                             "30x a plain step they dominate the run, and one round places them well enough")
+    parser.add_argument("--per-example-repeats", type=int, default=5,
+                        help="of those rounds, how many time the per-example engines and anchors: at 2x to 30x a plain "
+                             "step they dominate the run; their single rounds spread by up to half between two runs")
     parser.add_argument("--per-example-models", nargs="*", default=["cnn", "vit"], choices=MODELS,
                         help="the models on which the per-example engines run (on 2 CPU cores ResNet-18's take about a "
                              "minute a step at b=128: half an hour for its rows)")

@@ -86,17 +86,25 @@ def summary(rows: list[dict]) -> str:
 
 
 def repeat_line(rows: list[dict], repeat: list[dict], repeat_path: Path) -> str:
-    """How far the second run's time ratios are from the table's: ghost's, and the anchors' (one round)."""
-    first = {(r["model"], r["engine"], r["test"]): float(r["time_ratio"]) for r in rows if r["engine"] != "plain"}
-    second = {(r["model"], r["engine"], r["test"]): float(r["time_ratio"]) for r in repeat if r["engine"] != "plain"}
+    """How far the second run's time ratios are from the table's: ghost's, the anchors', the exact
+    per-example engines', each with the rounds its ratios are medians of."""
+    first = {(r["model"], r["engine"], r["test"]): r for r in rows if r["engine"] != "plain"}
+    second = {(r["model"], r["engine"], r["test"]): r for r in repeat if r["engine"] != "plain"}
+    groups = (("ghost", lambda e: e == "ghost"), ("the anchors as users call them", lambda e: e in ANCHORS),
+              ("the exact per-example engines", lambda e: e not in ANCHORS and e != "ghost"))
     parts = []
-    for label, engines in (("ghost", {"ghost"}), ("the anchors as users call them (one round each)", set(ANCHORS))):
-        both = [(abs(second[k] / first[k] - 1), k) for k in first if k in second and k[1] in engines]
-        if both:
-            gap, (model, engine, test) = max(both)
-            parts.append(f"{label}, {len(both)} ratios within {gap:.0%} (largest: {model_name(model)}, "
-                         f"{engine}, {TEST_NAMES.get(test, test)}: {first[(model, engine, test)]:.2f}x then "
-                         f"{second[(model, engine, test)]:.2f}x)")
+    for label, member in groups:
+        keys = [k for k in first if k in second and member(k[1])]
+        if not keys:
+            continue
+        ratio = lambda run, k: float(run[k]["time_ratio"])  # noqa: E731
+        gap, (model, engine, test) = max((abs(ratio(second, k) / ratio(first, k) - 1), k) for k in keys)
+        rounds = sorted({int(run[k]["rounds"]) for run in (first, second) for k in keys if run[k].get("rounds")})
+        span = f"{rounds[0]}" if len(rounds) == 1 else f"{rounds[0]} to {rounds[-1]}"
+        counted = f" ({span} round{'' if rounds == [1] else 's'} each)" if rounds else ""
+        parts.append(f"{label}{counted}, {len(keys)} ratios within {gap:.0%} (largest: {model_name(model)}, "
+                     f"{engine}, {TEST_NAMES.get(test, test)}: {ratio(first, (model, engine, test)):.2f}x then "
+                     f"{ratio(second, (model, engine, test)):.2f}x)")
     if not parts:
         return ""
     return textwrap.fill(f"A second run of the same command (`{repeat_path.as_posix()}`) against this one: "

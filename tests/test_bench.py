@@ -47,10 +47,10 @@ def test_bench_writes_its_tables_and_worst_overhead_lines(tmp_path):
             assert row["time_ratio"] == "1.00" and row["memory_ratio"] == "1.00"
     table = (tmp_path / "cpu.md").read_text()
     assert all(line in table for line in lines)
-    assert "2 rounds, more while a model's rounds took under 30 s (1 for opacus, functorch, opacus-user, " \
-           "functorch-user)" in table  # the defaults of --min-seconds and --per-example-repeats
+    assert "2 rounds, more while a model's rounds took under 60 s (2 for opacus, functorch, opacus-user, " \
+           "functorch-user)" in table  # the defaults of --min-seconds and --per-example-repeats (at most --repeats)
     rounds = {r["engine"]: int(r["rounds"]) for r in rows}
-    assert rounds["functorch"] == 1 and 2 <= rounds["plain"] == rounds["ghost"] <= 20
+    assert rounds["functorch"] == 2 and 2 <= rounds["plain"] == rounds["ghost"] <= 20
     assert "vector extensions:" in table and "Each engine timed in a process of its own" in table
     assert table.count("| cnn |") == len(rows)
 
@@ -121,9 +121,14 @@ def test_the_layer_profile_lists_every_layer_with_its_form():
 
 def test_the_bench_summary_says_how_far_a_second_run_is():
     from bench_summary import repeat_line
-    row = lambda engine, ratio: {"model": "vit", "batch_size": "128", "engine": engine, "test": "norm", "time_ratio": ratio}  # noqa: E731
-    first = [row("plain", "1.00"), row("ghost", "1.30"), row("functorch-user", "1.60")]
-    second = [row("plain", "1.00"), row("ghost", "1.43"), row("functorch-user", "1.52")]
+    def row(engine, ratio, rounds, test="norm"):
+        return {"model": "vit", "batch_size": "128", "engine": engine, "test": test, "time_ratio": ratio, "rounds": rounds}
+    first = [row("plain", "1.00", "8"), row("ghost", "1.30", "8"), row("ghost", "1.50", "8", "inner_product"),
+             row("functorch-user", "1.60", "5"), row("opacus", "4.00", "5")]
+    second = [row("plain", "1.00", "9"), row("ghost", "1.43", "9"), row("ghost", "1.53", "9", "inner_product"),
+              row("functorch-user", "1.52", "5"), row("opacus", "3.00", "5")]
     line = " ".join(repeat_line(first, second, Path("results/bench/repeat/cpu.csv")).split())
-    assert "ghost, 1 ratios within 10% (largest: ViT, ghost, norm: 1.30x then 1.43x)" in line
-    assert "the anchors as users call them (one round each), 1 ratios within 5%" in line
+    assert "ghost (8 to 9 rounds each), 2 ratios within 10% (largest: ViT, ghost, norm: 1.30x then 1.43x)" in line
+    assert "the anchors as users call them (5 rounds each), 1 ratios within 5%" in line
+    assert "the exact per-example engines (5 rounds each), 1 ratios within 25% (largest: ViT, opacus, norm: " \
+           "4.00x then 3.00x)" in line
