@@ -155,8 +155,10 @@ class Bench:
         self.device, self.args = device, args
         self.model = build_config_model(model_name).to(device)
         self.data = random_cifar(max(args.sizes), device)
-        self.engines = {name: build_anchor(name, self.model) if name in ANCHORS else build_engine(name, copy.deepcopy(self.model))
-                        for name in args.engines}
+        # This project's engines: one per test, as in a run (ghost_measured chooses its forms on its first pass)
+        anchors = {name: build_anchor(name, self.model) for name in args.engines if name in ANCHORS}
+        self.engines = {(name, test): anchors[name] if name in ANCHORS else build_engine(name, copy.deepcopy(self.model))
+                        for name in args.engines for test in args.tests}
         self.autocast = make_autocast(device, args.precision)
         self.n_params = sum(p.numel() for p in self.model.parameters())
 
@@ -166,16 +168,15 @@ class Bench:
         steps = {("plain", ""): lambda: accumulate_gradient(model, data, batch, size, autocast)}
         skipped = {}
         per_example_bytes = size * self.n_params * 4 * 2  # per-example gradients (float32), and a transient of their size
-        for name, engine in self.engines.items():
-            for test in self.args.tests:
-                if name in PER_EXAMPLE_ENGINES and per_example_bytes > self.args.memory_fraction * free_bytes(self.device):
-                    skipped[(name, test)] = f"needs ~{per_example_bytes / 2**30:.0f} GiB of per-example gradients"
-                    continue
-                needs = POLICY_CLASSES[test].needs
-                if name in ANCHORS:
-                    steps[(name, test)] = lambda e=engine, n=needs: anchor_step(e, data, batch, n, autocast)
-                else:
-                    steps[(name, test)] = (lambda e=engine, n=needs: gradient_with_statistics(e, data, batch, size, n, "global", autocast))
+        for (name, test), engine in self.engines.items():
+            if name in PER_EXAMPLE_ENGINES and per_example_bytes > self.args.memory_fraction * free_bytes(self.device):
+                skipped[(name, test)] = f"needs ~{per_example_bytes / 2**30:.0f} GiB of per-example gradients"
+                continue
+            needs = POLICY_CLASSES[test].needs
+            if name in ANCHORS:
+                steps[(name, test)] = lambda e=engine, n=needs: anchor_step(e, data, batch, n, autocast)
+            else:
+                steps[(name, test)] = (lambda e=engine, n=needs: gradient_with_statistics(e, data, batch, size, n, "global", autocast))
         return steps, skipped
 
     def clear_gradients(self) -> None:

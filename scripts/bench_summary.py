@@ -6,9 +6,10 @@
 With a second run of the same command in results/bench/repeat/ (`make bench-repeat`), the block also
 says how far apart the two runs' time ratios are.
 
-Per test, at b = 128: the ghost engine's worst time ratio over the models and its worst memory ratio,
-and on each model where the anchors ran, the best anchor "as users call it" next to ghost's ratio on
-the same model. The block sits between the two marker lines below; `make bench` rewrites it.
+Per test, at b = 128: the ghost engine's worst time ratio over the models (and ghost_measured's, where
+it ran) and ghost's worst memory ratio, and on each model where the anchors ran, the best anchor "as
+users call it" next to ghost's ratio on the same model. The block sits between the two marker lines
+below; `make bench` rewrites it.
 """
 from __future__ import annotations
 
@@ -51,10 +52,12 @@ def summary(rows: list[dict]) -> str:
     models = list(dict.fromkeys(r["model"] for r in rows))
     anchor_models = [m for m in models if any(r["model"] == m and r["engine"] in ANCHORS for r in rows)]
     ratio = {(r["model"], r["engine"], r["test"]): r for r in rows}
+    measured = any(r["engine"] == "ghost_measured" for r in rows)
     lines = [
-        f"| test | ghost, worst of {' / '.join(map(model_name, models))} | ghost memory, worst | "
-        f"best anchor as users call it, {' / '.join(map(model_name, anchor_models))} |",
-        "|---|---|---|---|",
+        f"| test | ghost, worst of {' / '.join(map(model_name, models))} | "
+        + ("ghost_measured, worst | " if measured else "") +
+        f"ghost memory, worst | best anchor as users call it, {' / '.join(map(model_name, anchor_models))} |",
+        "|---|---|---|---|" + ("---|" if measured else ""),
     ]
     leads = []
     for test, label in TEST_NAMES.items():
@@ -63,6 +66,9 @@ def summary(rows: list[dict]) -> str:
             continue
         worst = max(ghost, key=lambda r: float(r["time_ratio"]))
         memory = max(ghost, key=lambda r: float(r["memory_ratio"] or 0))
+        timed = [ratio[(m, "ghost_measured", test)] for m in models if (m, "ghost_measured", test) in ratio]
+        slowest = max(timed, key=lambda r: float(r["time_ratio"])) if timed else None
+        measured_cell = (f" {slowest['time_ratio']}x ({model_name(slowest['model'])}) |" if slowest else " |") if measured else ""
         anchors = []
         for model in anchor_models:
             found = [ratio[(model, a, test)] for a in ANCHORS if (model, a, test) in ratio]
@@ -71,7 +77,7 @@ def summary(rows: list[dict]) -> str:
             best, own = min(found, key=lambda r: float(r["time_ratio"])), ratio[(model, "ghost", test)]
             anchors.append(f"{best['engine']} {best['time_ratio']}x (ghost {own['time_ratio']}x)")
             leads.append((float(best["time_ratio"]) / float(own["time_ratio"]), model_name(model), label))
-        lines.append(f"| {label} | {worst['time_ratio']}x ({model_name(worst['model'])}) | {memory['memory_ratio']}x | "
+        lines.append(f"| {label} | {worst['time_ratio']}x ({model_name(worst['model'])}) |{measured_cell} {memory['memory_ratio']}x | "
                      f"{' / '.join(anchors)} |")
     if leads:
         lead, model, label = min(leads)

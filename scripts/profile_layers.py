@@ -3,6 +3,7 @@ layer's weight gradient in a plain step.
 
     .venv/bin/python scripts/profile_layers.py --model cnn --test norm
     .venv/bin/python scripts/profile_layers.py --model resnet18 --test inner_product --size 128 --rounds 5
+    .venv/bin/python scripts/profile_layers.py --model vit --engine ghost_measured   # forms timed in the warm-up
 
 The models and inputs are `scripts/bench_stats.py`'s (the configs' models on random CIFAR-sized
 images). A plain step and a tested step take turns for `--rounds` rounds after a warm-up; each time is
@@ -105,11 +106,13 @@ def main() -> None:
     parser.add_argument("--test", choices=TESTS, default="norm")
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--engine", choices=("ghost", "ghost_measured"), default="ghost",
+                        help="ghost_measured: the forms timed in the warm-up round")
     args = parser.parse_args()
 
     device = torch.device("cpu")
     model = build_config_model(args.model)
-    engine = build_engine("ghost", copy.deepcopy(model))
+    engine = build_engine(args.engine, copy.deepcopy(model))
     data = random_cifar(args.size, device)
     batch, needs = data.draw(args.size), POLICY_CLASSES[args.test].needs
     plain, tested = [], []
@@ -124,7 +127,7 @@ def main() -> None:
                 times.append(time.perf_counter() - start)
     plain_ms, tested_ms = median_ms(plain[1:]), median_ms(tested[1:])
 
-    print(f"{args.model}, {args.test}, b = {args.size}, on {describe(device)}, torch {torch.__version__}, "
+    print(f"{args.model}, {args.test}, {args.engine}, b = {args.size}, on {describe(device)}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads; median of {args.rounds} rounds")
     print(f"plain step {plain_ms:.1f} ms, tested step {tested_ms:.1f} ms ({tested_ms / plain_ms:.2f}x)\n")
     print("| layer | T x d_in -> d_out | form | rule in its hook (ms) | autograd's weight gradient (ms) | difference (ms) |")

@@ -106,6 +106,10 @@ def test_the_bench_summary_names_the_worst_model_and_ghosts_smallest_lead():
     assert "smallest lead is on the ViT's norm test, where the anchor takes 1.10 times ghost's time" in " ".join(lines)
     rows[-1]["time_ratio"] = "1.40"
     assert "Ghost is not faster than the best anchor on the ViT's norm test" in summary(rows)
+    rows += [row("cnn", "ghost_measured", "norm", "1.25"), row("vit", "ghost_measured", "norm", "1.20")]
+    lines = summary(rows).splitlines()
+    assert lines[0].startswith("| test | ghost, worst of CNN / ViT | ghost_measured, worst | ghost memory, worst |")
+    assert lines[2].startswith("| norm | 1.50x (ViT) | 1.25x (CNN) | 1.10x | functorch-user 8.00x")
 
 
 def test_the_layer_profile_lists_every_layer_with_its_form():

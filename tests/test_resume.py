@@ -11,11 +11,12 @@ import time
 
 import pytest
 import torch
-from helpers import ROOT
+from helpers import ROOT, compose
 
-from adabatch.checkpoint import CHECKPOINT_FILE, load_checkpoint
+from adabatch.checkpoint import CHECKPOINT_FILE, load_checkpoint, restore
 from adabatch.preemption import PREEMPTED_EXIT_CODE
 from adabatch.records import MODEL_FILE, read_metrics, read_summary
+from adabatch.training import build_experiment
 
 OVERRIDES = [
     "experiment=quickstart", "device=cpu", "train.samples=8000", "train.eval_every=1500",
@@ -26,8 +27,8 @@ TIMES = ("time_s", "train_time_s", "wall_time_s", "resumes")  # wall-clock, and 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
-def worker(run_dir, kind="none", n=0) -> int:
-    command = [sys.executable, "tests/interrupt_worker.py", str(run_dir), kind, str(n), *OVERRIDES]
+def worker(run_dir, kind="none", n=0, overrides=OVERRIDES) -> int:
+    command = [sys.executable, "tests/interrupt_worker.py", str(run_dir), kind, str(n), *overrides]
     return subprocess.run(command, cwd=ROOT, env=ENV, capture_output=True, timeout=300).returncode
 
 
@@ -95,3 +96,20 @@ def test_the_cli_stops_on_sigterm_and_resumes_when_run_again(reference, tmp_path
     rerun = subprocess.run(command, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0 and "nothing to do" in rerun.stdout
     assert_same_run(run_dir, reference)
+
+
+def test_ghost_measured_checkpoints_the_forms_it_chose_and_a_resumed_run_takes_them(tmp_path):
+    """ghost_measured times each layer's forms on its first tested step: a checkpoint holds the
+    choices (per rank) and restoring it hands them back to the engine, which then measures nothing."""
+    overrides = [*OVERRIDES[:-1], "batch_size.engine=ghost_measured"]
+    run_dir = tmp_path / "run"
+    assert worker(run_dir, "term", 3, overrides) == PREEMPTED_EXIT_CODE
+    state = load_checkpoint(run_dir)
+    exp = build_experiment(compose(*overrides))
+    convolutions = {name for name, m in exp.model.named_modules() if isinstance(m, torch.nn.Conv2d)}
+    (forms,) = [engine["forms"] for engine in state["engine"]]
+    assert set(forms) == convolutions and set(forms.values()) <= {"gram", "formed"}
+    chosen = {name: "gram" for name in convolutions}  # whatever was measured: restore takes what it is given
+    restore(exp, {**state, "engine": [{"forms": chosen}]})
+    assert exp.engine.state_dict() == {"forms": chosen}
+    assert worker(run_dir, overrides=overrides) == 0 and read_summary(run_dir)["resumes"] == 1

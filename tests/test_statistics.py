@@ -313,3 +313,41 @@ def test_with_dropout_split_and_unsplit_batches_give_the_statistics_of_the_steps
     torch.manual_seed(1)
     gradients_under_the_steps_masks(model, data, batch, max_micro)
     assert torch.equal(after, torch.rand(1))  # the generators go on as after one pass
+
+
+class TwoShapes(torch.nn.Module):
+    """Two linear layers over positions, each with one form far cheaper than the other: `long` (4 -> 4
+    over 512 positions: Gram matrices 512x512, per-example gradients 4x4) and `wide` (1024 -> 1024 over
+    2 positions: Gram matrices 2x2, per-example gradients 1024x1024)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.long, self.wide, self.head = torch.nn.Linear(4, 4), torch.nn.Linear(1024, 1024), torch.nn.Linear(2048, 10)
+
+    def forward(self, x):
+        h = torch.tanh(self.long(x)).reshape(len(x), 2, 1024)
+        return self.head(torch.tanh(self.wide(h)).flatten(1))
+
+
+def test_ghost_measured_keeps_the_faster_form_and_a_restored_choice():
+    from adabatch import AdaptiveBatch
+
+    torch.manual_seed(0)
+    models = [TwoShapes() for _ in range(3)]
+    for model in models[1:]:
+        model.load_state_dict(models[0].state_dict())
+    x, y = torch.randn(32, 512, 4), torch.randint(0, 10, (32,))
+    policy = {"name": "norm", "initial": 2, "max": 10**6, "eta": 0.5}
+    measured, restored, forced = (AdaptiveBatch(m, policy, engine="ghost_measured") for m in models)
+    first = measured.step(x, y)
+    assert measured.engine.state_dict() == {"forms": {"long": "formed", "wide": "gram"}}
+    restored.load_state_dict(measured.state_dict())
+    flipped = {"forms": {"long": "gram", "wide": "formed"}}
+    forced.load_state_dict({**measured.state_dict(), "engine": flipped})
+    x, y = torch.randn(32, 512, 4), torch.randint(0, 10, (32,))  # a second step (the parameters did not move)
+    second, again, other = (adaptive.step(x, y) for adaptive in (measured, restored, forced))
+    assert again.statistics == second.statistics != first.statistics  # the same forms: the same roundoff
+    assert all(torch.equal(a.grad, b.grad) for a, b in zip(models[0].parameters(), models[1].parameters()))
+    assert forced.engine.state_dict() == flipped  # taken as restored, not measured again
+    for key, value in second.statistics.items():
+        assert other.statistics[key] == pytest.approx(value, rel=1e-4), key

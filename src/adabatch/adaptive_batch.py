@@ -131,13 +131,16 @@ class AdaptiveBatch:
         return loss.item(), statistics  # .item() also waits for the device, so step timings are honest
 
     def state_dict(self) -> dict[str, Any]:
-        """What `step` needs to continue after a restart: the policy's memory and the counters."""
+        """What `step` needs to continue after a restart: the policy's memory, the counters and the
+        engine's choices (ghost_measured's forms; this process's own under data parallelism)."""
         return {"policy": self.policy.state_dict(), "batch_size": self.batch_size, "steps": self.steps,
-                "samples": self.samples}
+                "samples": self.samples, "engine": self.engine.state_dict() if self.engine else {}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.policy.load_state_dict(state["policy"])
         self.batch_size, self.steps, self.samples = state["batch_size"], state["steps"], state["samples"]
+        if self.engine is not None:
+            self.engine.load_state_dict(state.get("engine", {}))
 
 
 def divergence(loss: float, statistics: BatchStatistics | None) -> str | None:

@@ -2,8 +2,8 @@
 
     <run_dir>/checkpoint.pt   written atomically (temporary file, fsync, rename) by rank 0
 
-It holds the model, the optimizer, the batch-size policy, the data stream and every random
-generator (per rank), the loop's counters, and where the records stood, so that a resumed run cuts
+It holds the model, the optimizer, the batch-size policy, the data stream, every random generator
+and the statistics engine's choices (per rank), the loop's counters, and where the records stood, so that a resumed run cuts
 its records back to that point and continues them without duplicates.
 """
 from __future__ import annotations
@@ -56,6 +56,7 @@ def remove_earlier_run(run_dir: Path) -> None:
 def write_checkpoint(exp: Experiment, loop: LoopState, reporter: Reporter, run_dir: Path) -> None:
     """All ranks call this (their generators are gathered); rank 0 writes."""
     rng = exp.world.gather(rng_state())  # every rank's generators: dropout draws differ across ranks
+    engine = exp.world.gather(exp.engine.state_dict() if exp.engine else {})  # ghost_measured: each rank's forms
     if exp.world.is_main:
         save_checkpoint(run_dir, {
             "loop": dataclasses.asdict(loop),
@@ -64,6 +65,7 @@ def write_checkpoint(exp: Experiment, loop: LoopState, reporter: Reporter, run_d
             "policy": exp.policy.state_dict(),
             "data": exp.data.state_dict(),
             "rng": rng,
+            "engine": engine,
             "reporter": reporter.state_dict(),
         })
 
@@ -74,8 +76,11 @@ def restore(exp: Experiment, state: dict[str, Any]) -> None:
     exp.optimizer.load_state_dict(state["optimizer"])
     exp.policy.load_state_dict(state["policy"])
     exp.data.load_state_dict(state["data"])
-    rng = state["rng"]
-    set_rng_state(rng[exp.world.rank] if exp.world.rank < len(rng) else rng[0])  # more ranks than before: rank 0's
+    rng, engine = state["rng"], state.get("engine")  # checkpoints from before ghost_measured hold no engine
+    rank = exp.world.rank if exp.world.rank < len(rng) else 0  # more ranks than before: rank 0's
+    set_rng_state(rng[rank])
+    if exp.engine is not None and engine:
+        exp.engine.load_state_dict(engine[rank])
 
 
 def how_to_start(cfg: DictConfig, run_dir: Path) -> str:

@@ -23,6 +23,14 @@ class StatisticsEngine(ABC):
         self.model = model
         self.params = [p for p in model.parameters() if p.requires_grad]
 
+    def state_dict(self) -> dict:
+        """What the engine chose during the run that a resumed run must choose alike (the choices
+        change roundoff only); none for most engines."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
     def reset(self) -> None:
         """Forget what an interrupted step left behind (an out-of-memory error in mid-pass)."""
         self._kept = None

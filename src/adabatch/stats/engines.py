@@ -1,10 +1,12 @@
 """Statistics engines. Two form every example's gradient, for every trainable parameter: Opacus
 (hooks that capture activations and output gradients) and torch.func (vmap of grad over examples, the
-authors' approach). The ghost engine (ghost.py) forms none where an identity is cheaper.
+authors' approach). The ghost engine (ghost.py) forms none where an identity is cheaper; as
+ghost_measured, it chooses each layer's form by timing them on its first pass.
 """
 from __future__ import annotations
 
 import contextlib
+import functools
 import warnings
 from abc import abstractmethod
 
@@ -15,7 +17,7 @@ from ..losses import summed_cross_entropy
 from .base import StatisticsEngine
 from .ghost import GhostEngine
 
-ENGINES = ("ghost", "opacus", "functorch")
+ENGINES = ("ghost", "ghost_measured", "opacus", "functorch")
 
 
 class PerExampleEngine(StatisticsEngine):
@@ -138,7 +140,8 @@ class FunctorchEngine(PerExampleEngine):
 
 
 def build_engine(name: str, model: nn.Module) -> StatisticsEngine:
-    engines = {"ghost": GhostEngine, "opacus": OpacusEngine, "functorch": FunctorchEngine}
+    engines = {"ghost": GhostEngine, "ghost_measured": functools.partial(GhostEngine, measure_forms=True),
+               "opacus": OpacusEngine, "functorch": FunctorchEngine}
     if name not in engines:
         raise ValueError(f"batch_size.engine={name!r} is unknown; choose one of {', '.join(ENGINES)}")
     return engines[name](model)

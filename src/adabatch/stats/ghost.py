@@ -18,12 +18,16 @@ from torch import nn
 
 from ..losses import summed_cross_entropy
 from .base import StatisticsEngine
-from .layers import LayerRule, UnsupportedLayer, rule_for, transient_budget
+from .layers import DenseRule, LayerRule, UnsupportedLayer, rule_for, transient_budget
 from .sums import GradientSums, add
 
 
 class GhostEngine(StatisticsEngine):
-    def __init__(self, model: nn.Module) -> None:
+    """`measure_forms`: each dense layer that can take its Gram form or form its per-example gradients
+    times both on its first pass and keeps the faster for the run (engine ghost_measured; the choices
+    are its state, for exact resumption); otherwise the counts of layers.py choose."""
+
+    def __init__(self, model: nn.Module, measure_forms: bool = False) -> None:
         super().__init__(model)
         self.rules: dict[nn.Module, LayerRule] = {}
         owners: dict[nn.Parameter, str] = {}
@@ -32,7 +36,7 @@ class GhostEngine(StatisticsEngine):
             if not own:
                 continue
             try:
-                self.rules[module] = rule_for(module)
+                self.rules[module] = rule_for(module, measure_forms)
             except UnsupportedLayer as error:
                 raise ValueError(f"batch_size.engine=ghost cannot handle module {name!r}: {error}; "
                                  f"use batch_size.engine=opacus or functorch") from None
@@ -45,6 +49,15 @@ class GhostEngine(StatisticsEngine):
         self.index = {p: t for t, p in enumerate(self.params)}
         self._kept: torch.Tensor | None = None
         self._reached: set[nn.Module] = set()
+
+    def state_dict(self):
+        return {"forms": {self.names[m]: r.measured_form for m, r in self.rules.items()
+                          if getattr(r, "measured_form", None) is not None}}
+
+    def load_state_dict(self, state):
+        for module, rule in self.rules.items():
+            if isinstance(rule, DenseRule):
+                rule.measured_form = state.get("forms", {}).get(self.names[module])
 
     def can_keep(self, world_size):
         return world_size == 1  # ḡ must be this micro-batch's own gradient while the backward runs

@@ -17,6 +17,7 @@ i's own output gradient), without forming per-example gradients wherever an iden
 from __future__ import annotations
 
 import math
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,12 +26,15 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..device import synchronize
+
 InnerProducts = Callable[[list[torch.Tensor]], list[torch.Tensor]]
 # Form a dense layer's per-example gradients when they are at most this many times the size of its
 # (unfolded) inputs and output gradients; else use the Gram form. A batched matmul forming g_i runs
 # well below a plain matmul's speed on the CPU. When the inner products can use the formed g_i (they
 # fit in the budget below), the Gram form would also have to apply the layer once more; otherwise both
-# forms apply it: measured with scripts/bench_stats.py.
+# forms apply it: measured with scripts/bench_stats.py on one CPU. The engine ghost_measured times the
+# two forms on the machine instead (DenseRule.weight_form).
 FORM_RATIO = {False: 1.6, True: 2.5}  # keyed by whether the formed g_i are kept for the inner products
 MIN_CHUNK_ELEMENTS = 1 << 22
 # What a formed layer holds at once (a chunk's patches and per-example gradients; with inner products in
@@ -56,6 +60,9 @@ GROUPED_CONV_POSITIONS_PER_OUTPUT = 4
 # positions (Conv2dRule.input_grams) when that costs at most this many times the multiply-adds of the
 # Gram matrices from patches: it writes no patches, so it is cheaper at equal counts.
 GRAM_BY_OFFSETS_COST = 1.0
+# With measured forms (engine ghost_measured), a dense layer that can take either form times each this
+# many times on its first pass, taking turns, and keeps the faster one (its fastest round) for the run.
+MEASURED_ROUNDS = 3
 
 
 def transient_budget(input_elements: int) -> int:
@@ -169,10 +176,12 @@ class OwnRule(FormedRule):
 class DenseRule(LayerRule):
     """y_t = W a_t + b at T positions of each example (see the module docstring)."""
 
-    def __init__(self, module: nn.Module) -> None:
+    def __init__(self, module: nn.Module, measure_forms: bool = False) -> None:
         super().__init__(module)
         self.trained = {"weight": module.weight.requires_grad,
                         "bias": module.bias is not None and module.bias.requires_grad}
+        self.measure_forms = measure_forms  # time the forms on the first pass that has a choice (else the counts)
+        self.measured_form: str | None = None  # "gram" or "formed": measured, or restored from a checkpoint
 
     @abstractmethod
     def patches(self, a: torch.Tensor) -> torch.Tensor:
@@ -234,24 +243,57 @@ class DenseRule(LayerRule):
             found[m.weight] = self._weight_first_phase(a, delta, rows, coordinates, keep, budget)
         return combine([found[p] for p in self.params])
 
-    def weight_form(self, n: int, positions: int, coordinates: bool, keep: bool, budget: int) -> str:
-        """How the weight's sums are found for n examples of T positions: "outer" (T = 1), "gram", or
-        "formed" per-example gradients ("formed, kept" when kept for the inner products)."""
+    def weight_forms(self, n: int, positions: int, coordinates: bool, keep: bool, budget: int) -> list[str]:
+        """The forms that can find the weight's sums for n examples of T positions, the one the counts
+        choose first: "outer" (T = 1), "gram", or "formed" per-example gradients ("formed, kept" when kept
+        for the inner products)."""
         d_out, d_in = self.module.weight.shape[0], self.module.weight[0].numel()
         if positions == 1:
-            return "outer"
+            return ["outer"]
         keep_formed = keep and n * d_out * d_in <= budget
+        formed = "formed, kept" if keep_formed else "formed"
+        if coordinates:
+            return [formed]
         forming_is_cheaper = d_in * d_out <= FORM_RATIO[keep_formed] * positions * (d_in + d_out)
-        if not (coordinates or forming_is_cheaper):
-            return "gram"
-        return "formed, kept" if keep_formed else "formed"
+        return [formed, "gram"] if forming_is_cheaper else ["gram", formed]
+
+    def weight_form(self, n: int, positions: int, coordinates: bool, keep: bool, budget: int) -> str:
+        """The form the rule takes: the measured one where it has measured them, else the counts' choice."""
+        forms = self.weight_forms(n, positions, coordinates, keep, budget)
+        measured = [f for f in forms if self.measured_form is not None and f.startswith(self.measured_form)]
+        return (measured or forms)[0]
+
+    def _measure_forms(self, forms: list[str], sums_in: Callable[[str], LayerSums], keep: bool) -> LayerSums:
+        """Time each form MEASURED_ROUNDS times, taking turns (with its inner products when kept: the
+        batch gradient stands in for ḡ), remember the fastest as "gram" or "formed", return its sums."""
+        seconds, found = dict.fromkeys(forms, math.inf), {}
+        device = self.module.weight.device
+        for _ in range(MEASURED_ROUNDS):
+            for form in forms:
+                synchronize(device)
+                start = time.perf_counter()
+                found[form] = sums_in(form)
+                if keep:
+                    found[form].inner_products(found[form].grad)
+                synchronize(device)
+                seconds[form] = min(seconds[form], time.perf_counter() - start)
+        fastest = min(forms, key=seconds.__getitem__)
+        self.measured_form = "gram" if fastest == "gram" else "formed"
+        return found[fastest]
 
     def _weight_first_phase(self, a, delta, rows, coordinates, keep, budget) -> LayerSums:
+        n, positions, _ = rows.shape
+        forms = self.weight_forms(n, positions, coordinates, keep, budget)
+        sums_in = lambda form: self._weight_sums(form, a, delta, rows, coordinates, keep, budget)  # noqa: E731
+        if self.measure_forms and self.measured_form is None and len(forms) > 1:
+            return self._measure_forms(forms, sums_in, keep)
+        return sums_in(self.weight_form(n, positions, coordinates, keep, budget))
+
+    def _weight_sums(self, form, a, delta, rows, coordinates, keep, budget) -> LayerSums:
         weight = self.module.weight
         n, positions, d_out = rows.shape
         d_in = weight[0].numel()
         apply_and_dot = (lambda directions: [self._apply_and_dot(a, delta, directions[0])]) if keep else None
-        form = self.weight_form(n, positions, coordinates, keep, budget)
 
         if form == "outer":  # ||g_i||² = ||delta_i||² ||a_i||², sum_i g_i⊙g_i = (delta⊙delta)ᵀ(a⊙a)
             inputs, outputs = self.patches(a)[:, 0], rows[:, 0]
@@ -334,8 +376,8 @@ class LinearRule(DenseRule):
 class Conv2dRule(DenseRule):
     builds_patches = True
 
-    def __init__(self, module: nn.Conv2d) -> None:
-        super().__init__(module)
+    def __init__(self, module: nn.Conv2d, measure_forms: bool = False) -> None:
+        super().__init__(module, measure_forms)
         if module.groups != 1 or module.padding_mode != "zeros" or isinstance(module.padding, str):
             raise UnsupportedLayer(f"Conv2d with groups={module.groups}, padding={module.padding!r}, "
                                    f"padding_mode={module.padding_mode!r} (supported: groups=1, numeric zero padding)")
@@ -480,11 +522,14 @@ def chunks(n: int, size: int) -> list[slice]:
     return [slice(start, start + size) for start in range(0, n, size)]
 
 
-def rule_for(module: nn.Module) -> LayerRule:
+def rule_for(module: nn.Module, measure_forms: bool = False) -> LayerRule:
+    """`measure_forms`: a dense layer times its forms once (see DenseRule.weight_form) rather than count."""
     if hasattr(module, "per_example_gradients"):
         return OwnRule(module)
     rules = {nn.Linear: LinearRule, nn.Conv2d: Conv2dRule, nn.GroupNorm: GroupNormRule, nn.LayerNorm: LayerNormRule}
     if type(module) not in rules:
         raise UnsupportedLayer(f"{type(module).__name__} has no ghost rule (rules exist for "
                                f"{', '.join(r.__name__ for r in rules)} and modules with per_example_gradients)")
+    if issubclass(rules[type(module)], DenseRule):
+        return rules[type(module)](module, measure_forms)
     return rules[type(module)](module)
