@@ -18,6 +18,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Sampler, TensorDataset
 
 from adabatch import AdaptiveBatch
+from adabatch.stats import ENGINES
 
 POLICIES = {  # the options of configs/batch_size/<name>.yaml
     "norm": {"name": "norm", "initial": 4, "max": 256, "eta": 1.0},
@@ -95,7 +96,7 @@ def train(policy: str = "norm", engine: str = "ghost", max_micro: int = 64, epoc
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--policy", choices=POLICIES, default="norm")
-    parser.add_argument("--engine", choices=("ghost", "opacus", "functorch"), default="ghost")
+    parser.add_argument("--engine", choices=ENGINES, default="ghost")
     parser.add_argument("--max-micro", type=int, default=64, help="largest micro-batch; larger batches accumulate exactly")
     parser.add_argument("--epochs", type=int, default=3)
     args = parser.parse_args()

@@ -92,15 +92,15 @@ def summary(rows: list[dict]) -> str:
 
 
 def repeat_line(rows: list[dict], repeat: list[dict], repeat_path: Path) -> str:
-    """How far the second run's time ratios are from the table's: ghost's, the anchors', the exact
-    per-example engines', each with the rounds its ratios are medians of."""
+    """How far the second run's time ratios are from the table's: ghost's, ghost_measured's, the
+    anchors', the exact per-example engines', each with the rounds its ratios are medians of."""
     first = {(r["model"], r["engine"], r["test"]): r for r in rows if r["engine"] != "plain"}
     second = {(r["model"], r["engine"], r["test"]): r for r in repeat if r["engine"] != "plain"}
-    groups = (("ghost", lambda e: e == "ghost"), ("the anchors as users call them", lambda e: e in ANCHORS),
-              ("the exact per-example engines", lambda e: e not in ANCHORS and e != "ghost"))
+    groups = (("ghost", {"ghost"}), ("ghost_measured", {"ghost_measured"}), ("the anchors as users call them", set(ANCHORS)),
+              ("the exact per-example engines", {"opacus", "functorch"}))
     parts = []
     for label, member in groups:
-        keys = [k for k in first if k in second and member(k[1])]
+        keys = [k for k in first if k in second and k[1] in member]
         if not keys:
             continue
         ratio = lambda run, k: float(run[k]["time_ratio"])  # noqa: E731

@@ -30,7 +30,7 @@ BAD_CONFIGS = {  # overrides: what the error line must say
     "batch_size.max_micro_memory_gb=-2": "batch_size.max_micro_memory_gb=-2 must be a number of GiB > 0",
     "batch_size.max_micro_memory_gb=lots": "batch_size.max_micro_memory_gb=lots must be a number of GiB > 0",
     "batch_size.interval=0": "batch_size.interval=0 must be >= 1",
-    "batch_size.engine=jax": "batch_size.engine='jax' is unknown; choose one of ghost, opacus, functorch",
+    "batch_size.engine=jax": "batch_size.engine='jax' is unknown; choose one of ghost, ghost_measured, opacus, functorch",
     "batch_size=inner_product batch_size.ip_mode=local": "batch_size.ip_mode='local' is unknown",
     "batch_size=linear_ramp batch_size.increment=-4": "batch_size.increment=-4",
     "train.samples=0": "train.samples=0 must be an integer >= 1",

@@ -128,11 +128,12 @@ def test_the_bench_summary_says_how_far_a_second_run_is():
     def row(engine, ratio, rounds, test="norm"):
         return {"model": "vit", "batch_size": "128", "engine": engine, "test": test, "time_ratio": ratio, "rounds": rounds}
     first = [row("plain", "1.00", "8"), row("ghost", "1.30", "8"), row("ghost", "1.50", "8", "inner_product"),
-             row("functorch-user", "1.60", "5"), row("opacus", "4.00", "5")]
+             row("functorch-user", "1.60", "5"), row("opacus", "4.00", "5"), row("ghost_measured", "1.20", "8")]
     second = [row("plain", "1.00", "9"), row("ghost", "1.43", "9"), row("ghost", "1.53", "9", "inner_product"),
-              row("functorch-user", "1.52", "5"), row("opacus", "3.00", "5")]
+              row("functorch-user", "1.52", "5"), row("opacus", "3.00", "5"), row("ghost_measured", "1.26", "9")]
     line = " ".join(repeat_line(first, second, Path("results/bench/repeat/cpu.csv")).split())
     assert "ghost (8 to 9 rounds each), 2 ratios within 10% (largest: ViT, ghost, norm: 1.30x then 1.43x)" in line
+    assert "ghost_measured (8 to 9 rounds each), 1 ratios within 5%" in line
     assert "the anchors as users call them (5 rounds each), 1 ratios within 5%" in line
     assert "the exact per-example engines (5 rounds each), 1 ratios within 25% (largest: ViT, opacus, norm: " \
            "4.00x then 3.00x)" in line
