@@ -80,15 +80,18 @@ def summary(rows: list[dict]) -> str:
         lines.append(f"| {label} | {worst['time_ratio']}x ({model_name(worst['model'])}) |{measured_cell} {memory['memory_ratio']}x | "
                      f"{' / '.join(anchors)} |")
     if leads:
-        lead, model, label = min(leads)
-        if lead > 1:
-            verdict = (f"Ghost is faster than the best anchor on every row where both ran; its smallest lead is on the "
-                       f"{model}'s {label} test, where the anchor takes {lead:.2f} times ghost's time.")
-        else:
-            verdict = (f"Ghost is not faster than the best anchor on the {model}'s {label} test: the anchor takes "
-                       f"{lead:.2f} times ghost's time.")
-        lines += ["", textwrap.fill(verdict, 105)]
+        lines += ["", textwrap.fill(verdict(leads), 105)]
     return "\n".join(lines)
+
+
+def verdict(leads: list[tuple[float, str, str]]) -> str:
+    """From (the best anchor's time over ghost's, model, test) per row where both ran."""
+    lead, model, label = min(leads)
+    if lead > 1:
+        return (f"Ghost is faster than the best anchor on every row where both ran; its smallest lead is on the "
+                f"{model}'s {label} test, where the anchor takes {lead:.2f} times ghost's time.")
+    return (f"Ghost is not faster than the best anchor on the {model}'s {label} test: the anchor takes {lead:.2f} "
+            f"times ghost's time.")
 
 
 def repeat_line(rows: list[dict], repeat: list[dict], repeat_path: Path) -> str:
@@ -124,7 +127,12 @@ def block(csv_path: Path) -> str:
     lines = [BEGIN.format(csv=csv_path.as_posix()), ran_on, "", summary(rows)]
     repeat_path = csv_path.parent / "repeat" / csv_path.name
     if (ROOT / repeat_path).exists():
-        lines += ["", repeat_line(rows, read_rows(ROOT / repeat_path), repeat_path)]
+        repeat = read_rows(ROOT / repeat_path)
+        lines += ["", repeat_line(rows, repeat, repeat_path)]
+        second = summary(repeat).split("\n\n")  # the table, then the verdict on the anchors
+        if len(second) > 1:
+            said = " ".join(second[1].split())
+            lines += ["", textwrap.fill("In the second run, " + said[0].lower() + said[1:], 105)]
     return "\n".join([*lines, END])
 
 
