@@ -13,8 +13,9 @@ while a model's timed rounds have taken less than `--min-seconds` (up to 10 time
 small CNN's rounds take a third of a second, and its per-round ratios spread by a third on a shared
 machine), the slow per-example engines in the first `--per-example-repeats` rounds only, in a new
 random order each round, and a configuration's time ratio is the median over its rounds of its time
-over the plain step's in the same round (shared machines drift by tens of percent within minutes; a round sees one
-state of the machine); the table gives the smallest and largest of those per-round ratios next to it.
+over the plain step's in the same round (shared machines drift by tens of percent within minutes; a
+round sees one state of the machine); the table gives the smallest and largest of those per-round
+ratios next to it.
 Peak memory is what a step adds above the memory in use before it, over the plain step's: on CUDA
 the allocator's peak, measured in this process; on the CPU the peak resident set size, measured in a
 child process (`--memory-only`) started with glibc's mmap threshold fixed at 128 KiB. With glibc's

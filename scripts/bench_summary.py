@@ -50,7 +50,8 @@ def machine(table: Path) -> str:
 def summary(rows: list[dict]) -> str:
     """The table and one line on ghost's smallest lead over the best anchor."""
     models = list(dict.fromkeys(r["model"] for r in rows))
-    anchor_models = [m for m in models if any(r["model"] == m and r["engine"] in ANCHORS for r in rows)]
+    anchors = best_anchors(rows)
+    anchor_models = list(dict.fromkeys(model for _, model, _, _ in anchors))
     ratio = {(r["model"], r["engine"], r["test"]): r for r in rows}
     measured = any(r["engine"] == "ghost_measured" for r in rows)
     lines = [
@@ -59,33 +60,44 @@ def summary(rows: list[dict]) -> str:
         f"ghost memory, worst | best anchor as users call it, {' / '.join(map(model_name, anchor_models))} |",
         "|---|---|---|---|" + ("---|" if measured else ""),
     ]
-    leads = []
     for test, label in TEST_NAMES.items():
         ghost = [ratio[(m, "ghost", test)] for m in models if (m, "ghost", test) in ratio]
         if not ghost:
             continue
         worst = max(ghost, key=lambda r: float(r["time_ratio"]))
         memory = max(ghost, key=lambda r: float(r["memory_ratio"] or 0))
-        timed = [ratio[(m, "ghost_measured", test)] for m in models if (m, "ghost_measured", test) in ratio]
-        slowest = max(timed, key=lambda r: float(r["time_ratio"])) if timed else None
-        measured_cell = (f" {slowest['time_ratio']}x ({model_name(slowest['model'])}) |" if slowest else " |") if measured else ""
-        anchors = []
-        for model in anchor_models:
-            found = [ratio[(model, a, test)] for a in ANCHORS if (model, a, test) in ratio]
-            if not found or (model, "ghost", test) not in ratio:
-                continue
-            best, own = min(found, key=lambda r: float(r["time_ratio"])), ratio[(model, "ghost", test)]
-            anchors.append(f"{best['engine']} {best['time_ratio']}x (ghost {own['time_ratio']}x)")
-            leads.append((float(best["time_ratio"]) / float(own["time_ratio"]), model_name(model), label))
-        lines.append(f"| {label} | {worst['time_ratio']}x ({model_name(worst['model'])}) |{measured_cell} {memory['memory_ratio']}x | "
-                     f"{' / '.join(anchors)} |")
-    if leads:
-        lines += ["", textwrap.fill(verdict(leads), 105)]
-    return "\n".join(lines)
+        cells = [f"{label}", f"{worst['time_ratio']}x ({model_name(worst['model'])})"]
+        if measured:
+            timed = [ratio[(m, "ghost_measured", test)] for m in models if (m, "ghost_measured", test) in ratio]
+            slowest = max(timed, key=lambda r: float(r["time_ratio"])) if timed else None
+            cells.append(f"{slowest['time_ratio']}x ({model_name(slowest['model'])})" if slowest else "")
+        leads = [f"{best['engine']} {best['time_ratio']}x (ghost {own['time_ratio']}x)"
+                 for t, _, best, own in anchors if t == test]
+        cells += [f"{memory['memory_ratio']}x", " / ".join(leads)]
+        lines.append("| " + " | ".join(cells) + " |")
+    said = verdict(rows)
+    return "\n".join([*lines, *(["", textwrap.fill(said, 105)] if said else [])])
 
 
-def verdict(leads: list[tuple[float, str, str]]) -> str:
-    """From (the best anchor's time over ghost's, model, test) per row where both ran."""
+def best_anchors(rows: list[dict]) -> list[tuple[str, str, dict, dict]]:
+    """(test, model, the fastest anchor's row, ghost's row) wherever both ran."""
+    ratio = {(r["model"], r["engine"], r["test"]): r for r in rows}
+    found = []
+    for test in TEST_NAMES:
+        for model in dict.fromkeys(r["model"] for r in rows):
+            anchors = [ratio[(model, a, test)] for a in ANCHORS if (model, a, test) in ratio]
+            if anchors and (model, "ghost", test) in ratio:
+                fastest = min(anchors, key=lambda r: float(r["time_ratio"]))
+                found.append((test, model, fastest, ratio[(model, "ghost", test)]))
+    return found
+
+
+def verdict(rows: list[dict]) -> str:
+    """Ghost's smallest lead over the best anchor (the anchor's time over ghost's), or where it has none."""
+    leads = [(float(best["time_ratio"]) / float(own["time_ratio"]), model_name(model), TEST_NAMES[test])
+             for test, model, best, own in best_anchors(rows)]
+    if not leads:
+        return ""
     lead, model, label = min(leads)
     if lead > 1:
         return (f"Ghost is faster than the best anchor on every row where both ran; its smallest lead is on the "
@@ -129,9 +141,8 @@ def block(csv_path: Path) -> str:
     if (ROOT / repeat_path).exists():
         repeat = read_rows(ROOT / repeat_path)
         lines += ["", repeat_line(rows, repeat, repeat_path)]
-        second = summary(repeat).split("\n\n")  # the table, then the verdict on the anchors
-        if len(second) > 1:
-            said = " ".join(second[1].split())
+        said = verdict(repeat)
+        if said:
             lines += ["", textwrap.fill("In the second run, " + said[0].lower() + said[1:], 105)]
     return "\n".join([*lines, END])
 

@@ -3,8 +3,8 @@
     <run_dir>/checkpoint.pt   written atomically (temporary file, fsync, rename) by rank 0
 
 It holds the model, the optimizer, the batch-size policy, the data stream, every random generator
-and the statistics engine's choices (per rank), the loop's counters, and where the records stood, so that a resumed run cuts
-its records back to that point and continues them without duplicates.
+and the statistics engine's choices (per rank), the loop's counters, and where the records stood, so
+that a resumed run cuts its records back to that point and continues them without duplicates.
 """
 from __future__ import annotations
 

@@ -36,7 +36,7 @@ class GhostEngine(StatisticsEngine):
             if not own:
                 continue
             try:
-                self.rules[module] = rule_for(module, measure_forms)
+                self.rules[module] = rule_for(module)
             except UnsupportedLayer as error:
                 raise ValueError(f"batch_size.engine=ghost cannot handle module {name!r}: {error}; "
                                  f"use batch_size.engine=opacus or functorch") from None
@@ -45,19 +45,20 @@ class GhostEngine(StatisticsEngine):
                     raise ValueError(f"batch_size.engine=ghost: a parameter is shared by modules {owners[p]!r} and "
                                      f"{name!r}; use batch_size.engine=opacus or functorch")
                 owners[p] = name
+        self.dense = {module: rule for module, rule in self.rules.items() if isinstance(rule, DenseRule)}
+        for rule in self.dense.values():
+            rule.measure_forms = measure_forms
         self.names = {module: name for name, module in model.named_modules()}
         self.index = {p: t for t, p in enumerate(self.params)}
         self._kept: torch.Tensor | None = None
         self._reached: set[nn.Module] = set()
 
     def state_dict(self):
-        return {"forms": {self.names[m]: r.measured_form for m, r in self.rules.items()
-                          if getattr(r, "measured_form", None) is not None}}
+        return {"forms": {self.names[m]: r.measured_form for m, r in self.dense.items() if r.measured_form is not None}}
 
     def load_state_dict(self, state):
-        for module, rule in self.rules.items():
-            if isinstance(rule, DenseRule):
-                rule.measured_form = state.get("forms", {}).get(self.names[module])
+        for module, rule in self.dense.items():
+            rule.measured_form = state.get("forms", {}).get(self.names[module])
 
     def can_keep(self, world_size):
         return world_size == 1  # ḡ must be this micro-batch's own gradient while the backward runs

@@ -176,11 +176,11 @@ class OwnRule(FormedRule):
 class DenseRule(LayerRule):
     """y_t = W a_t + b at T positions of each example (see the module docstring)."""
 
-    def __init__(self, module: nn.Module, measure_forms: bool = False) -> None:
+    def __init__(self, module: nn.Module) -> None:
         super().__init__(module)
         self.trained = {"weight": module.weight.requires_grad,
                         "bias": module.bias is not None and module.bias.requires_grad}
-        self.measure_forms = measure_forms  # time the forms on the first pass that has a choice (else the counts)
+        self.measure_forms = False  # ghost_measured's engine sets it: time the forms rather than count
         self.measured_form: str | None = None  # "gram" or "formed": measured, or restored from a checkpoint
 
     @abstractmethod
@@ -259,7 +259,9 @@ class DenseRule(LayerRule):
 
     def weight_form(self, n: int, positions: int, coordinates: bool, keep: bool, budget: int) -> str:
         """The form the rule takes: the measured one where it has measured them, else the counts' choice."""
-        forms = self.weight_forms(n, positions, coordinates, keep, budget)
+        return self._chosen(self.weight_forms(n, positions, coordinates, keep, budget))
+
+    def _chosen(self, forms: list[str]) -> str:
         measured = [f for f in forms if self.measured_form is not None and f.startswith(self.measured_form)]
         return (measured or forms)[0]
 
@@ -287,7 +289,7 @@ class DenseRule(LayerRule):
         sums_in = lambda form: self._weight_sums(form, a, delta, rows, coordinates, keep, budget)  # noqa: E731
         if self.measure_forms and self.measured_form is None and len(forms) > 1:
             return self._measure_forms(forms, sums_in, keep)
-        return sums_in(self.weight_form(n, positions, coordinates, keep, budget))
+        return sums_in(self._chosen(forms))
 
     def _weight_sums(self, form, a, delta, rows, coordinates, keep, budget) -> LayerSums:
         weight = self.module.weight
@@ -376,8 +378,8 @@ class LinearRule(DenseRule):
 class Conv2dRule(DenseRule):
     builds_patches = True
 
-    def __init__(self, module: nn.Conv2d, measure_forms: bool = False) -> None:
-        super().__init__(module, measure_forms)
+    def __init__(self, module: nn.Conv2d) -> None:
+        super().__init__(module)
         if module.groups != 1 or module.padding_mode != "zeros" or isinstance(module.padding, str):
             raise UnsupportedLayer(f"Conv2d with groups={module.groups}, padding={module.padding!r}, "
                                    f"padding_mode={module.padding_mode!r} (supported: groups=1, numeric zero padding)")
@@ -522,14 +524,11 @@ def chunks(n: int, size: int) -> list[slice]:
     return [slice(start, start + size) for start in range(0, n, size)]
 
 
-def rule_for(module: nn.Module, measure_forms: bool = False) -> LayerRule:
-    """`measure_forms`: a dense layer times its forms once (see DenseRule.weight_form) rather than count."""
+def rule_for(module: nn.Module) -> LayerRule:
     if hasattr(module, "per_example_gradients"):
         return OwnRule(module)
     rules = {nn.Linear: LinearRule, nn.Conv2d: Conv2dRule, nn.GroupNorm: GroupNormRule, nn.LayerNorm: LayerNormRule}
     if type(module) not in rules:
         raise UnsupportedLayer(f"{type(module).__name__} has no ghost rule (rules exist for "
                                f"{', '.join(r.__name__ for r in rules)} and modules with per_example_gradients)")
-    if issubclass(rules[type(module)], DenseRule):
-        return rules[type(module)](module, measure_forms)
     return rules[type(module)](module)
