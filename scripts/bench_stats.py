@@ -8,14 +8,15 @@ A plain step is the forward and backward of a batch (`accumulate_gradient`); a t
 same batch through `gradient_with_statistics` with an engine and a test's needs. Each engine is timed
 in a process of its own (`--timing-only`), next to the plain step: the ghost engine in one, each
 per-example engine in another, so that no step is timed after another engine's multi-GiB allocations.
-In a process, after a warm-up, the configurations take turns for `--repeats` rounds, and for more
-while a model's timed rounds have taken less than `--min-seconds` (up to 10 times `--repeats`: the
-small CNN's rounds take a third of a second, and its per-round ratios spread by a third on a shared
-machine), the slow per-example engines in the first `--per-example-repeats` rounds only, in a new
-random order each round, and a configuration's time ratio is the median over its rounds of its time
-over the plain step's in the same round (shared machines drift by tens of percent within minutes; a
-round sees one state of the machine); the table gives the smallest and largest of those per-round
-ratios next to it.
+In a process, after a warm-up, the configurations take turns for `--repeats` rounds, in a new random
+order each round, the slow per-example engines in the first `--per-example-repeats` rounds only. A
+configuration's time ratio is the median over its rounds of its time over the plain step's in the same
+round (shared machines drift by tens of percent within minutes; a round sees one state of the machine);
+the table gives the smallest and largest of those per-round ratios next to it. More rounds follow
+until every ratio of this project's engines is known within `--ratio-error` of itself (two standard
+errors of a median, from the spread of its per-round ratios), while a model's timed rounds have taken
+less than `--max-seconds`, up to 10 times `--repeats`: the ViT's ratios from 8 rounds moved by up to a
+quarter between two runs, from 15 rounds by 4%.
 Peak memory is what a step adds above the memory in use before it, over the plain step's: on CUDA
 the allocator's peak, measured in this process; on the CPU the peak resident set size, measured in a
 child process (`--memory-only`) started with glibc's mmap threshold fixed at 128 KiB. With glibc's
@@ -34,6 +35,7 @@ import csv
 import ctypes
 import gc
 import json
+import math
 import os
 import random
 import statistics
@@ -125,8 +127,11 @@ def parse_args() -> argparse.Namespace:
                         help="none: the plain step only; " + "; ".join(f"{k}: {v}" for k, v in ANCHORS.items()))
     parser.add_argument("--tests", nargs="+", default=list(TESTS), choices=TESTS)
     parser.add_argument("--repeats", type=int, default=7, help="timed rounds after one warm-up round")
-    parser.add_argument("--min-seconds", type=float, default=60.0,
-                        help="more rounds (up to 10x --repeats) while a model's timed rounds have taken less than this")
+    parser.add_argument("--ratio-error", type=float, default=0.05,
+                        help="more rounds (up to 10x --repeats) until every ratio of this project's engines is known "
+                             "within this fraction of itself (two standard errors of the median)")
+    parser.add_argument("--max-seconds", type=float, default=480.0,
+                        help="no more rounds once a model's timed rounds have taken this long")
     parser.add_argument("--per-example-repeats", type=int, default=5,
                         help="of those rounds, how many time the per-example engines and anchors: at 2x to 30x a plain "
                              "step they dominate the run; their single rounds spread by up to half between two runs")
@@ -146,6 +151,9 @@ def parse_args() -> argparse.Namespace:
     for option in ("repeats", "per_example_repeats"):
         if getattr(args, option) < 1:
             parser.error(f"--{option.replace('_', '-')} {getattr(args, option)}: give at least 1 timed round")
+    for option in ("ratio_error", "max_seconds"):
+        if getattr(args, option) < 0:
+            parser.error(f"--{option.replace('_', '-')} {getattr(args, option):g}: give 0 or more")
     return args
 
 
@@ -225,8 +233,11 @@ def bench_device(device: torch.device, args) -> list[Result]:
             print(f"{device.type} {model_name} b={size}: {len(steps)} configurations", file=sys.stderr, flush=True)
             times = {key: [] for key in steps}
             round_, timed = 0, 0.0  # round 0 warms up
-            more = any(engine not in ("plain", *PER_EXAMPLE_ENGINES) for engine, _ in steps)  # not for the plain step alone
-            while round_ <= args.repeats or (more and timed < args.min_seconds and round_ <= MORE_ROUNDS * args.repeats):
+            own = [key for key in steps if key[0] not in ("plain", *PER_EXAMPLE_ENGINES)]
+            known = lambda: all(known_within(per_round(times[key], times[("plain", "")]), args.ratio_error)  # noqa: E731
+                                for key in own)
+            while round_ <= args.repeats or (own and not known() and timed < args.max_seconds
+                                             and round_ <= MORE_ROUNDS * args.repeats):
                 keys = [key for key in steps if key[0] not in PER_EXAMPLE_ENGINES or round_ <= args.per_example_repeats]
                 for key in order.sample(keys, len(keys)):
                     seconds = bench.timed(steps[key])
@@ -240,14 +251,28 @@ def bench_device(device: torch.device, args) -> list[Result]:
                 peaks = {key: bench.peak_memory(step) for key, step in steps.items()}
             plain = times[("plain", "")]
             for key, seconds in times.items():  # a per-example engine's rounds are the first ones
-                per_round = [t / p for t, p in zip(seconds, plain)]
-                results.append(Result(model_name, size, *key, statistics.median(seconds), statistics.median(per_round),
-                                      (min(per_round), max(per_round)), len(seconds), peaks[key]))
+                ratios = per_round(seconds, plain)
+                results.append(Result(model_name, size, *key, statistics.median(seconds), statistics.median(ratios),
+                                      (min(ratios), max(ratios)), len(seconds), peaks[key]))
             for key, why in skipped.items():
                 results.append(Result(model_name, size, *key, skipped=why))
         del bench
         gc.collect()
     return results
+
+
+def per_round(seconds: list[float], plain: list[float]) -> list[float]:
+    """A configuration's time over the plain step's, round by round (its rounds are the first ones)."""
+    return [t / p for t, p in zip(seconds, plain)]
+
+
+def known_within(ratios: list[float], error: float) -> bool:
+    """Whether the median of these per-round ratios is known within `error` of itself: two standard errors
+    of a median, 1.25 sigma / sqrt(rounds), sigma from the median absolute deviation (a round in which the
+    machine stalled moves it no more than any other outlying round)."""
+    middle = statistics.median(ratios)
+    sigma = 1.4826 * statistics.median(abs(r - middle) for r in ratios)
+    return 2 * 1.2533 * sigma / math.sqrt(len(ratios)) <= error * middle
 
 
 def engine_groups(engines: list[str]) -> list[list[str]]:
@@ -260,7 +285,8 @@ def engine_groups(engines: list[str]) -> list[list[str]]:
 def time_in_child(device: str, engines: list[str], models: list[str], args) -> list[Result]:
     command = [sys.executable, __file__, "--timing-only", "--device", device, "--models", *models,
                "--sizes", *map(str, args.sizes), "--tests", *args.tests, "--precision", args.precision,
-               "--repeats", str(args.repeats), "--min-seconds", str(args.min_seconds),
+               "--repeats", str(args.repeats), "--ratio-error", str(args.ratio_error),
+               "--max-seconds", str(args.max_seconds),
                "--per-example-repeats", str(args.per_example_repeats),
                "--memory-fraction", str(args.memory_fraction), "--engines", *engines]
     child = subprocess.run(command, stdout=subprocess.PIPE, text=True)  # its progress lines go to our stderr
@@ -370,7 +396,8 @@ def write_tables(results: list[Result], device: str, args) -> None:
         "",
         f"Written by `{' '.join(['scripts/bench_stats.py', *sys.argv[1:]])}` on {describe(torch.device(device))}, "
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, precision {args.precision}; "
-        f"{args.repeats} rounds, more while a model's rounds took under {args.min_seconds:g} s "
+        f"{args.repeats} rounds, more until every ratio of this project's engines was known within "
+        f"{args.ratio_error:.0%} (two standard errors of a median) or a model's rounds had taken {args.max_seconds:g} s "
         f"({min(args.repeats, args.per_example_repeats)} for {', '.join(PER_EXAMPLE_ENGINES)}). "
         "Each engine timed in a process of its own, next to the plain step. "
         + "".join(f"{k}: {v}, float32, the leanest code a user of that library would write for the test's statistics. "

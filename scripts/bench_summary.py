@@ -8,7 +8,8 @@ says how far apart the two runs' time ratios are.
 
 Per test, at b = 128: the ghost engine's worst time ratio over the models (and ghost_measured's, where
 it ran) and ghost's worst memory ratio, and on each model where the anchors ran, the best anchor "as
-users call it" next to ghost's ratio on the same model. The block sits between the two marker lines
+users call it" next to ghost's ratio on the same model; then which of the project's targets ghost
+meets, in each run, and the plain steps' times in both. The block sits between the two marker lines
 below; `make bench` rewrites it.
 """
 from __future__ import annotations
@@ -30,6 +31,10 @@ SIZE = "128"
 TEST_NAMES = {"norm": "norm", "inner_product": "inner product", "augmented_inner_product": "augmented inner product",
               "coordinate_norm": "coordinate-wise"}
 MODEL_NAMES = {"cnn": "CNN", "resnet18": "ResNet-18", "vit": "ViT"}
+# What this project set itself for ghost at b = 128, worst over the models (issue 18): time ratios per test,
+# and peak memory over every test
+TARGETS = {"norm": 1.2, "inner_product": 1.4, "augmented_inner_product": 1.4, "coordinate_norm": 1.6}
+MEMORY_TARGET = 1.2
 
 
 def model_name(model: str) -> str:
@@ -106,6 +111,37 @@ def verdict(rows: list[dict]) -> str:
             f"times ghost's time.")
 
 
+def targets_line(rows: list[dict]) -> str:
+    """Which of TARGETS and MEMORY_TARGET ghost's worst ratios meet."""
+    ghost = [r for r in rows if r["engine"] == "ghost"]
+    if not ghost:
+        return ""
+    met, missed = [], []
+    for test, target in TARGETS.items():
+        timed = [r for r in ghost if r["test"] == test]
+        if timed:
+            worst = max(timed, key=lambda r: float(r["time_ratio"]))
+            said = f"{TEST_NAMES[test]} {worst['time_ratio']}x ({model_name(worst['model'])}; target {target}x)"
+            (met if float(worst["time_ratio"]) <= target else missed).append(said)
+    worst = max(ghost, key=lambda r: float(r["memory_ratio"] or 0))
+    said = f"memory {worst['memory_ratio']}x ({model_name(worst['model'])}; target {MEMORY_TARGET}x)"
+    (met if float(worst["memory_ratio"]) <= MEMORY_TARGET else missed).append(said)
+    return (f"ghost's worst ratios against the targets, met: {', '.join(met) or 'none'}; not met: "
+            f"{', '.join(missed) or 'none'}.")
+
+
+def plain_steps(rows: list[dict], repeat: list[dict]) -> str:
+    """The plain step's time per model in both runs: ratios move with it when the machine's state does."""
+    first = {r["model"]: float(r["time_ms"]) for r in rows if r["engine"] == "plain"}
+    second = {r["model"]: float(r["time_ms"]) for r in repeat if r["engine"] == "plain"}
+    return ("The plain steps, first run then second: "
+            + "; ".join(f"{model_name(m)} {ms(first[m])} then {ms(second[m])} ms" for m in first if m in second) + ".")
+
+
+def ms(milliseconds: float) -> str:
+    return f"{milliseconds:.1f}" if milliseconds < 100 else f"{milliseconds:.0f}"
+
+
 def repeat_line(rows: list[dict], repeat: list[dict], repeat_path: Path) -> str:
     """How far the second run's time ratios are from the table's: ghost's, ghost_measured's, the
     anchors', the exact per-example engines', each with the rounds its ratios are medians of."""
@@ -137,13 +173,17 @@ def block(csv_path: Path) -> str:
                            f"(`{csv_path.with_suffix('.md').as_posix()}`):", 105)
     rows = read_rows(ROOT / csv_path)
     lines = [BEGIN.format(csv=csv_path.as_posix()), ran_on, "", summary(rows)]
+    targets = targets_line(rows)
+    if targets:
+        lines += ["", textwrap.fill(targets[0].upper() + targets[1:], 105)]
     repeat_path = csv_path.parent / "repeat" / csv_path.name
     if (ROOT / repeat_path).exists():
         repeat = read_rows(ROOT / repeat_path)
-        lines += ["", repeat_line(rows, repeat, repeat_path)]
-        said = verdict(repeat)
+        lines += ["", repeat_line(rows, repeat, repeat_path), "", textwrap.fill(plain_steps(rows, repeat), 105)]
+        second = [verdict(repeat), targets_line(repeat)]
+        said = " In it, ".join(line[0].lower() + line[1:] for line in second if line)
         if said:
-            lines += ["", textwrap.fill("In the second run, " + said[0].lower() + said[1:], 105)]
+            lines += ["", textwrap.fill("In the second run, " + said, 105)]
     return "\n".join([*lines, END])
 
 

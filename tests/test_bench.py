@@ -47,12 +47,23 @@ def test_bench_writes_its_tables_and_worst_overhead_lines(tmp_path):
             assert row["time_ratio"] == "1.00" and row["memory_ratio"] == "1.00"
     table = (tmp_path / "cpu.md").read_text()
     assert all(line in table for line in lines)
-    assert "2 rounds, more while a model's rounds took under 60 s (2 for opacus, functorch, opacus-user, " \
-           "functorch-user)" in table  # the defaults of --min-seconds and --per-example-repeats (at most --repeats)
+    assert "2 rounds, more until every ratio of this project's engines was known within 5% (two standard errors of " \
+           "a median) or a model's rounds had taken 480 s (2 for opacus, functorch, opacus-user, functorch-user)" \
+           in table  # the defaults of --ratio-error, --max-seconds and --per-example-repeats (at most --repeats)
     rounds = {r["engine"]: int(r["rounds"]) for r in rows}
     assert rounds["functorch"] == 2 and 2 <= rounds["plain"] == rounds["ghost"] <= 20
     assert "vector extensions:" in table and "Each engine timed in a process of its own" in table
     assert table.count("| cnn |") == len(rows)
+
+
+def test_rounds_continue_until_the_median_ratio_is_known_within_the_error():
+    from bench_stats import known_within
+    spread = [1.2, 1.5, 1.3, 1.6, 1.4]  # median 1.4, median absolute deviation 0.1
+    # two standard errors: 2 * 1.2533 * 1.4826 * 0.1 / sqrt(rounds), against 0.05 * 1.4 = 0.07
+    assert not known_within(spread, 0.05) and not known_within(spread * 5, 0.05)  # 0.166, then 0.074
+    assert known_within(spread * 6, 0.05) and known_within(spread, 0.125)  # 0.068; 0.166 <= 0.175
+    assert known_within([1.3] * 3, 0.0) and not known_within([1.3, 1.31, 1.32], 0.0)
+    assert known_within([1.3, 1.3, 9.0], 0.01)  # one stalled round does not move a median
 
 
 def test_per_example_engines_run_only_on_the_models_asked_for(tmp_path):
@@ -137,3 +148,20 @@ def test_the_bench_summary_says_how_far_a_second_run_is():
     assert "the anchors as users call them (5 rounds each), 1 ratios within 5%" in line
     assert "the exact per-example engines (5 rounds each), 1 ratios within 25% (largest: ViT, opacus, norm: " \
            "4.00x then 3.00x)" in line
+
+
+def test_the_bench_summary_says_which_targets_ghost_meets_and_the_plain_steps_of_both_runs():
+    from bench_summary import plain_steps, targets_line
+    def row(model, engine, test, ratio, memory="1.00", ms="50.0"):
+        return {"model": model, "batch_size": "128", "engine": engine, "test": test, "time_ratio": ratio,
+                "memory_ratio": memory, "time_ms": ms}
+    rows = [row("cnn", "plain", "", "1.00", ms="45.44"), row("vit", "plain", "", "1.00", ms="673.0"),
+            row("cnn", "ghost", "norm", "1.20", "1.05"), row("vit", "ghost", "norm", "1.26", "1.21"),
+            row("vit", "ghost", "coordinate_norm", "1.59"), row("vit", "functorch-user", "norm", "1.10", "3.00")]
+    line = targets_line(rows)
+    assert line == ("ghost's worst ratios against the targets, met: coordinate-wise 1.59x (ViT; target 1.6x); not met: "
+                    "norm 1.26x (ViT; target 1.2x), memory 1.21x (ViT; target 1.2x).")
+    rows[3].update(time_ratio="1.20", memory_ratio="1.20")
+    assert "not met: none." in targets_line(rows) and "norm 1.20x (CNN; target 1.2x)" in targets_line(rows)
+    second = [{**r, "time_ms": str(float(r["time_ms"]) * 2)} for r in rows]
+    assert plain_steps(rows, second) == "The plain steps, first run then second: CNN 45.4 then 90.9 ms; ViT 673 then 1346 ms."
