@@ -15,8 +15,8 @@ round (shared machines drift by tens of percent within minutes; a round sees one
 the table gives the smallest and largest of those per-round ratios next to it. More rounds follow
 until every ratio of this project's engines is known within `--ratio-error` of itself (two standard
 errors of a median, from the spread of its per-round ratios), while a model's timed rounds have taken
-less than `--max-seconds`, up to 10 times `--repeats`: the ViT's ratios from 8 rounds moved by up to a
-quarter between two runs, from 15 rounds by 4%.
+less than `--max-seconds`, up to 10 times `--repeats`: with 7 or 8 rounds for ResNet-18 and the ViT, two
+runs of `make bench` differed by up to a quarter.
 Peak memory is what a step adds above the memory in use before it, over the plain step's: on CUDA
 the allocator's peak, measured in this process; on the CPU the peak resident set size, measured in a
 child process (`--memory-only`) started with glibc's mmap threshold fixed at 128 KiB. With glibc's
