@@ -234,8 +234,10 @@ def bench_device(device: torch.device, args) -> list[Result]:
             times = {key: [] for key in steps}
             round_, timed = 0, 0.0  # round 0 warms up
             own = [key for key in steps if key[0] not in ("plain", *PER_EXAMPLE_ENGINES)]
-            known = lambda: all(known_within(per_round(times[key], times[("plain", "")]), args.ratio_error)  # noqa: E731
-                                for key in own)
+
+            def known() -> bool:
+                return all(known_within(per_round(times[key], times[("plain", "")]), args.ratio_error) for key in own)
+
             while round_ <= args.repeats or (own and not known() and timed < args.max_seconds
                                              and round_ <= MORE_ROUNDS * args.repeats):
                 keys = [key for key in steps if key[0] not in PER_EXAMPLE_ENGINES or round_ <= args.per_example_repeats]

@@ -57,7 +57,6 @@ def summary(rows: list[dict]) -> str:
     models = list(dict.fromkeys(r["model"] for r in rows))
     anchors = best_anchors(rows)
     anchor_models = list(dict.fromkeys(model for _, model, _, _ in anchors))
-    ratio = {(r["model"], r["engine"], r["test"]): r for r in rows}
     measured = any(r["engine"] == "ghost_measured" for r in rows)
     lines = [
         f"| test | ghost, worst of {' / '.join(map(model_name, models))} | "
@@ -66,22 +65,27 @@ def summary(rows: list[dict]) -> str:
         "|---|---|---|---|" + ("---|" if measured else ""),
     ]
     for test, label in TEST_NAMES.items():
-        ghost = [ratio[(m, "ghost", test)] for m in models if (m, "ghost", test) in ratio]
-        if not ghost:
+        worst = slowest(rows, "ghost", test)
+        if worst is None:
             continue
-        worst = max(ghost, key=lambda r: float(r["time_ratio"]))
-        memory = max(ghost, key=lambda r: float(r["memory_ratio"] or 0))
+        memory = max((r for r in rows if (r["engine"], r["test"]) == ("ghost", test)),
+                     key=lambda r: float(r["memory_ratio"] or 0))
         cells = [f"{label}", f"{worst['time_ratio']}x ({model_name(worst['model'])})"]
         if measured:
-            timed = [ratio[(m, "ghost_measured", test)] for m in models if (m, "ghost_measured", test) in ratio]
-            slowest = max(timed, key=lambda r: float(r["time_ratio"])) if timed else None
-            cells.append(f"{slowest['time_ratio']}x ({model_name(slowest['model'])})" if slowest else "")
+            timed = slowest(rows, "ghost_measured", test)
+            cells.append(f"{timed['time_ratio']}x ({model_name(timed['model'])})" if timed else "")
         leads = [f"{best['engine']} {best['time_ratio']}x (ghost {own['time_ratio']}x)"
                  for t, _, best, own in anchors if t == test]
         cells += [f"{memory['memory_ratio']}x", " / ".join(leads)]
         lines.append("| " + " | ".join(cells) + " |")
     said = verdict(rows)
     return "\n".join([*lines, *(["", textwrap.fill(said, 105)] if said else [])])
+
+
+def slowest(rows: list[dict], engine: str, test: str) -> dict | None:
+    """The engine's row with the largest time ratio on this test, over the models (None where it did not run)."""
+    timed = [r for r in rows if (r["engine"], r["test"]) == (engine, test)]
+    return max(timed, key=lambda r: float(r["time_ratio"])) if timed else None
 
 
 def best_anchors(rows: list[dict]) -> list[tuple[str, str, dict, dict]]:
@@ -118,9 +122,8 @@ def targets_line(rows: list[dict]) -> str:
         return ""
     met, missed = [], []
     for test, target in TARGETS.items():
-        timed = [r for r in ghost if r["test"] == test]
-        if timed:
-            worst = max(timed, key=lambda r: float(r["time_ratio"]))
+        worst = slowest(rows, "ghost", test)
+        if worst:
             said = f"{TEST_NAMES[test]} {worst['time_ratio']}x ({model_name(worst['model'])}; target {target}x)"
             (met if float(worst["time_ratio"]) <= target else missed).append(said)
     worst = max(ghost, key=lambda r: float(r["memory_ratio"] or 0))
