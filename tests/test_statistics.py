@@ -206,6 +206,26 @@ def test_every_ghost_branch_matches_brute_force(model_key, branch, needs, splits
     assert all(p.requires_grad for p in model.parameters())  # a ghost pass turns them off only meanwhile
 
 
+def test_the_ghost_workspace_reuses_its_memory_until_a_larger_or_other_tensor_is_asked_for():
+    from adabatch.stats.layers import Workspace
+
+    workspace, like = Workspace(), torch.zeros(1)
+    first = workspace.take((4, 3, 2), like)
+    assert workspace.take((2, 5), like).data_ptr() == first.data_ptr()
+    assert workspace.take((5, 5), like).shape == (5, 5) and workspace.memory.numel() == 25  # grown
+    assert workspace.take((2, 2), like.double()).dtype == torch.float64
+
+
+def test_a_dense_layer_keeps_its_gradients_for_the_inner_products_while_they_fit_in_keep_factor_budgets():
+    from adabatch.stats.layers import KEEP_FACTOR, LinearRule
+
+    rule, n, positions = LinearRule(torch.nn.Linear(6, 5)), 8, 3  # 240 elements of per-example gradients
+    fits, too_small = 240 // KEEP_FACTOR, 240 // KEEP_FACTOR - 1
+    assert rule.weight_forms(n, positions, False, True, fits)[0] == "formed, kept"
+    assert "formed, kept" not in rule.weight_forms(n, positions, False, True, too_small)
+    assert "formed, kept" not in rule.weight_forms(n, positions, False, False, fits)  # nothing to keep them for
+
+
 @pytest.mark.parametrize("options", [
     {"kernel_size": 3, "padding": 1},
     {"kernel_size": (2, 3), "stride": (2, 1), "padding": (0, 2)},

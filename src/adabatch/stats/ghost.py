@@ -18,7 +18,7 @@ from torch import nn
 
 from ..losses import summed_cross_entropy
 from .base import StatisticsEngine
-from .layers import DenseRule, LayerRule, UnsupportedLayer, rule_for, transient_budget
+from .layers import DenseRule, LayerRule, UnsupportedLayer, Workspace, rule_for, transient_budget
 from .sums import GradientSums, add
 
 
@@ -113,6 +113,7 @@ class Capture:
         self.directions = directions  # set in the second phase: ḡ per parameter
         self.inputs: dict[nn.Module, tuple[torch.Tensor, int]] = {}
         self.input_elements = 0  # of every layer's input in this pass: what a plain step's memory mostly holds
+        self.workspace = Workspace()
         self.reached: set[nn.Module] = set()
         self.products: torch.Tensor | None = None  # (n, T) float64: <g_i^t, ḡ^t>
         self.anchor = torch.zeros((), device=engine.params[0].device, requires_grad=True)
@@ -130,6 +131,7 @@ class Capture:
             p.requires_grad_(True)
         for handle in self.handles:
             handle.remove()
+        self.workspace = None
 
     def on_forward(self, module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
         name = self.engine.names[module]
@@ -162,7 +164,7 @@ class Capture:
             self.record(rule, rule.inner_products(a, delta, [self.directions[p] for p in rule.params]))
             return
         budget = transient_budget(self.input_elements)
-        layer = rule.first_phase(a, delta, self.sums.coord_sq is not None, self.keep, budget)
+        layer = rule.first_phase(a, delta, self.sums.coord_sq is not None, self.keep, budget, self.workspace)
         for p, grad, sq_norm in zip(rule.params, layer.grad, layer.sq_norm):
             t = self.engine.index[p]
             add(self.sums.grad, t, grad)

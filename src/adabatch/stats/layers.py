@@ -32,17 +32,22 @@ InnerProducts = Callable[[list[torch.Tensor]], list[torch.Tensor]]
 # Form a dense layer's per-example gradients when they are at most this many times the size of its
 # (unfolded) inputs and output gradients; else use the Gram form. A batched matmul forming g_i runs
 # well below a plain matmul's speed on the CPU. When the inner products can use the formed g_i (they
-# fit in the budget below), the Gram form would also have to apply the layer once more; otherwise both
-# forms apply it: measured with scripts/bench_stats.py on one CPU. The engine ghost_measured times the
-# two forms on the machine instead (DenseRule.weight_form).
+# may be kept: KEEP_FACTOR below), the Gram form would also have to apply the layer once more;
+# otherwise both forms apply it: measured with scripts/bench_stats.py on one CPU. The engine
+# ghost_measured times the two forms on the machine instead (DenseRule.weight_form).
 FORM_RATIO = {False: 1.6, True: 2.5}  # keyed by whether the formed g_i are kept for the inner products
 MIN_CHUNK_ELEMENTS = 1 << 22
-# What a formed layer holds at once (a chunk's patches and per-example gradients; with inner products in
-# the same pass, all its per-example gradients, kept until its batch gradient is known, else it applies
-# the layer once more) stays within this share of the elements of all layer inputs of the pass, and at
-# least MIN_TRANSIENT_ELEMENTS: a plain step's peak memory is mostly those inputs. Larger chunks run
-# faster (fewer, larger matmuls); the share keeps the peak within a few percent of a plain step's.
+# What a formed layer holds at once (a chunk's patches and per-example gradients) stays within this share
+# of the elements of all layer inputs of the pass, and at least MIN_TRANSIENT_ELEMENTS: a plain step's
+# peak memory is mostly those inputs. Larger chunks run faster (fewer, larger matmuls); the share keeps
+# the peak within a few percent of a plain step's.
 TRANSIENT_SHARE = 1 / 16
+# With inner products in the same pass, a layer keeps all its per-example gradients until its batch
+# gradient is known where they fit in KEEP_FACTOR times that (else it applies the layer once more, a
+# pass as costly as forming them): the ViT's MLP layers (9.4 M elements at b = 128, about 1.7x the
+# share) then keep theirs, which took its inner-product test from about 1.5x to 1.3x a plain step on
+# the CPU, and its peak memory from 1.01x to 1.09x.
+KEEP_FACTOR = 2
 MIN_TRANSIENT_ELEMENTS = 1 << 20
 
 # Per-example conv gradients as one grouped convolution, rather than patches and a batched matmul, when
@@ -70,6 +75,26 @@ def transient_budget(input_elements: int) -> int:
     return max(MIN_TRANSIENT_ELEMENTS, int(input_elements * TRANSIENT_SHARE))
 
 
+class Workspace:
+    """Memory in which the formed layers of one pass write their per-example gradients, one layer after
+    another. A new tensor of this size is fresh pages from the system on the CPU, whose first touch
+    costs more than the arithmetic: a ViT MLP layer's kept gradients took 24 ms in fresh memory and 15 ms
+    in reused memory (scripts/profile_layers.py, b = 128, on the 2-core Xeon of results/bench/cpu.md).
+    It grows to the largest of those a layer takes (within its budget, or KEEP_FACTOR times it), and is released
+    with the pass."""
+
+    def __init__(self) -> None:
+        self.memory: torch.Tensor | None = None
+
+    def take(self, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+        """An uninitialized tensor of `shape` with the dtype and device of `like`."""
+        elements, memory = math.prod(shape), self.memory
+        if memory is None or memory.numel() < elements or memory.dtype != like.dtype or memory.device != like.device:
+            self.memory = memory = None  # released before the larger one is allocated
+            self.memory = memory = torch.empty(elements, dtype=like.dtype, device=like.device)
+        return memory[:elements].view(shape)
+
+
 @dataclass
 class LayerSums:
     """Per trainable parameter of a module: sum_i g_i, sum_i ||g_i||², sum_i g_i⊙g_i when asked for,
@@ -87,8 +112,10 @@ class LayerRule(ABC):
         self.params = [p for p in module.parameters(recurse=False) if p.requires_grad]
 
     @abstractmethod
-    def first_phase(self, a: torch.Tensor, delta: torch.Tensor, coordinates: bool, keep: bool, budget: int) -> LayerSums:
-        """`budget`: the elements the rule may hold at once (see TRANSIENT_SHARE)."""
+    def first_phase(self, a: torch.Tensor, delta: torch.Tensor, coordinates: bool, keep: bool, budget: int,
+                    workspace: Workspace | None = None) -> LayerSums:
+        """`budget`: the elements the rule may hold at once (see TRANSIENT_SHARE); `workspace`: the pass's
+        memory for per-example gradients (new memory where none is given)."""
 
     @abstractmethod
     def inner_products(self, a: torch.Tensor, delta: torch.Tensor, directions: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -118,6 +145,12 @@ def combine(parts: list[LayerSums]) -> LayerSums:
     )
 
 
+def squared_norm(t: torch.Tensor) -> torch.Tensor:
+    """||t||², from the norms of its rows (one read of t, nothing written). It rounds like t.square().sum(),
+    where one float32 dot product of t with itself, or the norm of t as a whole, rounds far worse."""
+    return torch.linalg.vector_norm(t, dim=-1).square_().sum()
+
+
 def dot_each(grads: list[torch.Tensor], directions: list[torch.Tensor]) -> list[torch.Tensor]:
     return [g.flatten(1) @ d.flatten() for g, d in zip(grads, directions)]
 
@@ -125,7 +158,7 @@ def dot_each(grads: list[torch.Tensor], directions: list[torch.Tensor]) -> list[
 class FormedRule(LayerRule):
     """Modules whose per-example gradients are no larger than their activations: form them."""
 
-    def first_phase(self, a, delta, coordinates, keep, budget):
+    def first_phase(self, a, delta, coordinates, keep, budget, workspace=None):
         return formed_sums(self.per_example(a, delta), coordinates, keep)
 
     def inner_products(self, a, delta, directions):
@@ -233,14 +266,14 @@ class DenseRule(LayerRule):
         """Whether `form` builds patches (else its memory is the per-example gradients alone)."""
         return self.builds_patches
 
-    def first_phase(self, a, delta, coordinates, keep, budget):
+    def first_phase(self, a, delta, coordinates, keep, budget, workspace=None):
         m = self.module
         rows = self.output_rows(delta)
         found = {}
         if self.trained["bias"]:
             found[m.bias] = formed_sums([rows.sum(1)], coordinates, keep)
         if self.trained["weight"]:
-            found[m.weight] = self._weight_first_phase(a, delta, rows, coordinates, keep, budget)
+            found[m.weight] = self._weight_first_phase(a, delta, rows, coordinates, keep, budget, workspace or Workspace())
         return combine([found[p] for p in self.params])
 
     def weight_forms(self, n: int, positions: int, coordinates: bool, keep: bool, budget: int) -> list[str]:
@@ -250,7 +283,7 @@ class DenseRule(LayerRule):
         d_out, d_in = self.module.weight.shape[0], self.module.weight[0].numel()
         if positions == 1:
             return ["outer"]
-        keep_formed = keep and n * d_out * d_in <= budget
+        keep_formed = keep and n * d_out * d_in <= KEEP_FACTOR * budget
         formed = "formed, kept" if keep_formed else "formed"
         if coordinates:
             return [formed]
@@ -283,15 +316,15 @@ class DenseRule(LayerRule):
         self.measured_form = "gram" if fastest == "gram" else "formed"
         return found[fastest]
 
-    def _weight_first_phase(self, a, delta, rows, coordinates, keep, budget) -> LayerSums:
+    def _weight_first_phase(self, a, delta, rows, coordinates, keep, budget, workspace) -> LayerSums:
         n, positions, _ = rows.shape
         forms = self.weight_forms(n, positions, coordinates, keep, budget)
-        sums_in = lambda form: self._weight_sums(form, a, delta, rows, coordinates, keep, budget)  # noqa: E731
+        sums_in = lambda form: self._weight_sums(form, a, delta, rows, coordinates, keep, budget, workspace)  # noqa: E731
         if self.measure_forms and self.measured_form is None and len(forms) > 1:
             return self._measure_forms(forms, sums_in, keep)
         return sums_in(self._chosen(forms))
 
-    def _weight_sums(self, form, a, delta, rows, coordinates, keep, budget) -> LayerSums:
+    def _weight_sums(self, form, a, delta, rows, coordinates, keep, budget, workspace) -> LayerSums:
         weight = self.module.weight
         n, positions, d_out = rows.shape
         d_in = weight[0].numel()
@@ -321,22 +354,22 @@ class DenseRule(LayerRule):
         formed = []
         form_elements = d_out * d_in + (self.patch_elements(positions) if self.forms_from_patches(a, delta) else 0)
         size = max(1, min(n, budget // form_elements))
-        # Unless kept, every chunk's gradients go to one buffer (a new tensor this large is fresh memory,
-        # whose first touch costs more than the arithmetic), and its sums over examples are matrix
-        # products with a row of ones, accumulated in place: twice as fast as sum(0) and an addition.
-        buffer = None if keep_formed else torch.empty(size, d_out, d_in, dtype=weight.dtype, device=weight.device)
+        # The chunks' gradients go to the workspace: kept, each chunk to its own examples' rows; else every
+        # chunk to the same rows. Their sums over examples are matrix products with a row of ones,
+        # accumulated in place: twice as fast as sum(0) and an addition.
+        buffer = workspace.take((n if keep_formed else size, d_out, d_in), weight)
         ones = torch.ones(1, size, dtype=weight.dtype, device=weight.device)
         for chunk in chunks(n, size):
             count = len(range(n)[chunk])
-            grads = self.form(a[chunk], delta[chunk], None if buffer is None else buffer[:count])
+            grads = self.form(a[chunk], delta[chunk], buffer[chunk] if keep_formed else buffer[:count])
             grad.addmm_(ones[:, :count], grads.view(count, -1))
             if keep_formed:
                 formed.append(grads)
-            squares = grads.square() if keep_formed else grads.square_()
             if coordinates:
+                squares = grads.square() if keep_formed else grads.square_()
                 coord_sq.addmm_(ones[:, :count], squares.view(count, -1))
-            else:  # a dot product would skip the squares but round far worse (float32 accumulation)
-                sq_norm += squares.sum()
+            else:
+                sq_norm += squared_norm(grads)
         grad, coord_sq = self.as_weight(grad, a, delta), None if coord_sq is None else self.as_weight(coord_sq, a, delta)
         inner_products = apply_and_dot
         if keep_formed:
