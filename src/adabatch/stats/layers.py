@@ -45,8 +45,8 @@ TRANSIENT_SHARE = 1 / 16
 # With inner products in the same pass, a layer keeps all its per-example gradients until its batch
 # gradient is known where they fit in KEEP_FACTOR times that (else it applies the layer once more, a
 # pass as costly as forming them): the ViT's MLP layers (9.4 M elements at b = 128, about 1.7x the
-# share) then keep theirs, which took its inner-product test from about 1.5x to 1.3x a plain step on
-# the CPU, and its peak memory from 1.01x to 1.09x.
+# share) then keep theirs, which took its inner-product tests from 1.54x a plain step in the previous
+# pair of `make bench` runs to 1.33x-1.42x (results/bench), and its peak memory from 1.01x to 1.09x.
 KEEP_FACTOR = 2
 MIN_TRANSIENT_ELEMENTS = 1 << 20
 
@@ -80,8 +80,8 @@ class Workspace:
     another. A new tensor of this size is fresh pages from the system on the CPU, whose first touch
     costs more than the arithmetic: a ViT MLP layer's kept gradients took 24 ms in fresh memory and 15 ms
     in reused memory (scripts/profile_layers.py, b = 128, on the 2-core Xeon of results/bench/cpu.md).
-    It grows to the largest of those a layer takes (within its budget, or KEEP_FACTOR times it), and is released
-    with the pass."""
+    It grows to the largest of those a layer takes (within its budget, or KEEP_FACTOR times it), and is
+    released with the pass."""
 
     def __init__(self) -> None:
         self.memory: torch.Tensor | None = None
