@@ -113,9 +113,9 @@ class LayerRule(ABC):
 
     @abstractmethod
     def first_phase(self, a: torch.Tensor, delta: torch.Tensor, coordinates: bool, keep: bool, budget: int,
-                    workspace: Workspace | None = None) -> LayerSums:
+                    workspace: Workspace) -> LayerSums:
         """`budget`: the elements the rule may hold at once (see TRANSIENT_SHARE); `workspace`: the pass's
-        memory for per-example gradients (new memory where none is given)."""
+        memory for per-example gradients."""
 
     @abstractmethod
     def inner_products(self, a: torch.Tensor, delta: torch.Tensor, directions: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -158,7 +158,7 @@ def dot_each(grads: list[torch.Tensor], directions: list[torch.Tensor]) -> list[
 class FormedRule(LayerRule):
     """Modules whose per-example gradients are no larger than their activations: form them."""
 
-    def first_phase(self, a, delta, coordinates, keep, budget, workspace=None):
+    def first_phase(self, a, delta, coordinates, keep, budget, workspace):
         return formed_sums(self.per_example(a, delta), coordinates, keep)
 
     def inner_products(self, a, delta, directions):
@@ -266,14 +266,14 @@ class DenseRule(LayerRule):
         """Whether `form` builds patches (else its memory is the per-example gradients alone)."""
         return self.builds_patches
 
-    def first_phase(self, a, delta, coordinates, keep, budget, workspace=None):
+    def first_phase(self, a, delta, coordinates, keep, budget, workspace):
         m = self.module
         rows = self.output_rows(delta)
         found = {}
         if self.trained["bias"]:
             found[m.bias] = formed_sums([rows.sum(1)], coordinates, keep)
         if self.trained["weight"]:
-            found[m.weight] = self._weight_first_phase(a, delta, rows, coordinates, keep, budget, workspace or Workspace())
+            found[m.weight] = self._weight_first_phase(a, delta, rows, coordinates, keep, budget, workspace)
         return combine([found[p] for p in self.params])
 
     def weight_forms(self, n: int, positions: int, coordinates: bool, keep: bool, budget: int) -> list[str]:
