@@ -167,14 +167,14 @@ def test_engines_agree_in_float32_on_channels_last_activations():
 
 
 GHOST_BRANCHES = {  # how the ghost engine treats dense layers with several positions (layers.py)
-    "gram_from_patches": {"FORM_RATIO": {False: 0.0, True: 0.0}, "MIN_CHUNK_ELEMENTS": 1, "GRAM_BY_OFFSETS_COST": 0.0},
-    "gram_by_offsets": {"FORM_RATIO": {False: 0.0, True: 0.0}, "GRAM_BY_OFFSETS_COST": 1e9},  # (convolutions)
-    "formed_from_patches": {"FORM_RATIO": {False: 1e9, True: 1e9}, "GROUPED_CONV_MIN_CHANNELS": 10**9,
+    "gram_from_patches": {"FORM_RATIO": 1e9, "MIN_CHUNK_ELEMENTS": 1, "GRAM_BY_OFFSETS_COST": 0.0},
+    "gram_by_offsets": {"FORM_RATIO": 1e9, "GRAM_BY_OFFSETS_COST": 1e9},  # (convolutions)
+    "formed_from_patches": {"FORM_RATIO": 0, "GROUPED_CONV_MIN_CHANNELS": 10**9,
                             "MIN_TRANSIENT_ELEMENTS": 1 << 40},  # one chunk; inner products from kept gradients
-    "formed_grouped": {"FORM_RATIO": {False: 1e9, True: 1e9}, "GROUPED_CONV_MIN_CHANNELS": 0,
+    "formed_grouped": {"FORM_RATIO": 0, "GROUPED_CONV_MIN_CHANNELS": 0,
                        "GROUPED_CONV_POSITIONS_PER_OUTPUT": -1},
     # inner products by applying the layer again (nothing kept)
-    "formed_one_example_a_chunk": {"FORM_RATIO": {False: 1e9, True: 1e9}, "MIN_TRANSIENT_ELEMENTS": 1,
+    "formed_one_example_a_chunk": {"FORM_RATIO": 0, "MIN_TRANSIENT_ELEMENTS": 1,
                                    "TRANSIENT_SHARE": 0.0},
 }
 NEEDS = {"norm": Needs(), "inner_products": Needs(inner_products=True), "coordinates": Needs(coordinates=True)}
@@ -219,11 +219,23 @@ def test_the_ghost_workspace_reuses_its_memory_until_a_larger_or_other_tensor_is
 def test_a_dense_layer_keeps_its_gradients_for_the_inner_products_while_they_fit_in_keep_factor_budgets():
     from adabatch.stats.layers import KEEP_FACTOR, LinearRule
 
-    rule, n, positions = LinearRule(torch.nn.Linear(6, 5)), 8, 3  # 240 elements of per-example gradients
+    rule, n, positions = LinearRule(torch.nn.Linear(6, 5)), 8, 12  # 240 elements of per-example gradients
     fits, too_small = 240 // KEEP_FACTOR, 240 // KEEP_FACTOR - 1
     assert rule.weight_forms(n, positions, False, True, fits)[0] == "formed, kept"
     assert "formed, kept" not in rule.weight_forms(n, positions, False, True, too_small)
     assert "formed, kept" not in rule.weight_forms(n, positions, False, False, fits)  # nothing to keep them for
+
+
+def test_the_counts_form_the_vits_mlp_gradients_and_take_the_gram_form_for_resnet18s_8x8_convolutions():
+    """FORM_RATIO's two sides as layers.py measured them: forming where the Gram form takes 33 multiply-adds
+    per element of per-example gradient, the Gram form where it takes 20 (a stride-2 convolution to 256
+    channels at 8x8)."""
+    from adabatch.stats.layers import Conv2dRule, LinearRule
+
+    mlp, conv = LinearRule(torch.nn.Linear(192, 384)), Conv2dRule(torch.nn.Conv2d(128, 256, 3, stride=2, padding=1))
+    for keep in (False, True):
+        assert mlp.weight_forms(128, 65, False, keep, budget=1 << 30)[0].startswith("formed")
+        assert conv.weight_forms(128, 64, False, keep, budget=1 << 20)[0] == "gram"
 
 
 @pytest.mark.parametrize("options", [

@@ -29,13 +29,16 @@ from torch.nn import functional as F
 from ..device import synchronize
 
 InnerProducts = Callable[[list[torch.Tensor]], list[torch.Tensor]]
-# Form a dense layer's per-example gradients when they are at most this many times the size of its
-# (unfolded) inputs and output gradients; else use the Gram form. A batched matmul forming g_i runs
-# well below a plain matmul's speed on the CPU. When the inner products can use the formed g_i (they
-# may be kept: KEEP_FACTOR below), the Gram form would also have to apply the layer once more;
-# otherwise both forms apply it: measured with scripts/bench_stats.py on one CPU. The engine
-# ghost_measured times the two forms on the machine instead (DenseRule.weight_form).
-FORM_RATIO = {False: 1.6, True: 2.5}  # keyed by whether the formed g_i are kept for the inner products
+# Form a dense layer's per-example gradients where the Gram form would take at least this many
+# multiply-adds per element of them; else use the Gram form. Forming takes a batched matmul of the
+# batch gradient's multiply-adds (T d_in d_out per example), which then gives the batch gradient too,
+# and writes and reads the d_out d_in elements of each g_i: memory traffic. The Gram form takes
+# T² (d_in + d_out) multiply-adds per example besides the batch gradient. Timed in the rules alone at
+# b = 128 on the 2-core Xeon of results/bench/cpu.md: at 33 multiply-adds per element (the ViT's MLP
+# layers) forming took 11-12 ms against 16-17 for the Gram form; at 20 and 18 (ResNet-18's 8x8
+# convolutions) 89 against 82 and 187 against 136 ms. The engine ghost_measured times the two forms on
+# the machine instead (DenseRule.weight_form).
+FORM_RATIO = 25
 MIN_CHUNK_ELEMENTS = 1 << 22
 # What a formed layer holds at once (a chunk's patches and per-example gradients) stays within this share
 # of the elements of all layer inputs of the pass, and at least MIN_TRANSIENT_ELEMENTS: a plain step's
@@ -287,7 +290,7 @@ class DenseRule(LayerRule):
         formed = "formed, kept" if keep_formed else "formed"
         if coordinates:
             return [formed]
-        forming_is_cheaper = d_in * d_out <= FORM_RATIO[keep_formed] * positions * (d_in + d_out)
+        forming_is_cheaper = positions**2 * (d_in + d_out) >= FORM_RATIO * d_in * d_out
         return [formed, "gram"] if forming_is_cheaper else ["gram", formed]
 
     def weight_form(self, n: int, positions: int, coordinates: bool, keep: bool, budget: int) -> str:
