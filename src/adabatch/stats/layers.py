@@ -36,8 +36,10 @@ InnerProducts = Callable[[list[torch.Tensor]], list[torch.Tensor]]
 # T² (d_in + d_out) multiply-adds per example besides the batch gradient. Timed in the rules alone at
 # b = 128 on the 2-core Xeon of results/bench/cpu.md: at 33 multiply-adds per element (the ViT's MLP
 # layers) forming took 11-12 ms against 16-17 for the Gram form; at 20 and 18 (ResNet-18's 8x8
-# convolutions) 89 against 82 and 187 against 136 ms. The engine ghost_measured times the two forms on
-# the machine instead (DenseRule.weight_form).
+# convolutions) 89 against 82 and 187 against 136 ms. Gradients kept for the inner products (KEEP_FACTOR
+# below) also save the Gram form's second application of the layer, which would favour forming there
+# more; at b = 128 the shipped models' kept layers are all formed by this count anyway. The engine
+# ghost_measured times the two forms on the machine instead (DenseRule.weight_form).
 FORM_RATIO = 25
 MIN_CHUNK_ELEMENTS = 1 << 22
 # What a formed layer holds at once (a chunk's patches and per-example gradients) stays within this share
