@@ -50,8 +50,8 @@ TRANSIENT_SHARE = 1 / 16
 # With inner products in the same pass, a layer keeps all its per-example gradients until its batch
 # gradient is known where they fit in KEEP_FACTOR times that (else it applies the layer once more, a
 # pass as costly as forming them): the ViT's MLP layers (9.4 M elements at b = 128, about 1.7x the
-# share) then keep theirs, which took its inner-product tests from 1.54x a plain step in the previous
-# pair of `make bench` runs to 1.33x-1.42x (results/bench), and its peak memory from 1.01x to 1.09x.
+# share) then keep theirs, which took its inner-product tests from 1.54x a plain step in one pair of
+# `make bench` runs to 1.33x-1.42x in the next (issue 18's notes), and its peak memory from 1.01x to 1.09x.
 KEEP_FACTOR = 2
 MIN_TRANSIENT_ELEMENTS = 1 << 20
 
