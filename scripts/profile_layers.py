@@ -6,15 +6,18 @@ layer's weight gradient in a plain step.
     .venv/bin/python scripts/profile_layers.py --model vit --engine ghost_measured   # forms timed in the warm-up
 
 The models and inputs are `scripts/bench_stats.py`'s (the configs' models on random CIFAR-sized
-images). A plain step and a tested step take turns for `--rounds` rounds after a warm-up; each time is
-the median over rounds. Per layer with parameters: the rule's time in its output-gradient hook (the
-layer's batch gradient and statistics, what replaces autograd's weight gradient in a ghost pass), the
-time of that weight gradient alone as autograd computes it (`weight_gradient` on the layer's own input
-and output gradient; none for normalization layers, whose rules form their small per-example
-gradients), and which form the rule took: "outer" (one position), "gram", "formed" (per-example
+images). A plain step, a tested step and the ghost pass with every rule skipped (the forward and the
+activation gradients, which both steps compute) take turns for `--rounds` rounds after a warm-up; each
+time is the median over rounds. Per layer with parameters: the rule's time in its output-gradient hook
+(the layer's batch gradient and statistics, what replaces autograd's weight gradient in a ghost pass);
+for a formed dense layer, its per-example gradients alone, formed chunk by chunk as the rule forms them
+but with no sums; the time of autograd's weight gradient alone (`weight_gradient` on the layer's own
+input and output gradient; none for normalization layers, whose rules form their small per-example
+gradients); and which form the rule took: "outer" (one position), "gram", "formed" (per-example
 gradients; "kept" for the inner products), and for a convolution, "grouped" or "patches" (formed),
 "offsets" or "patches" (gram: its input Gram matrices from shifted channel products or from patches).
-The difference of the two sums is most of what the tested step adds; the rest is the hooks' own cost.
+The per-layer times after the pass run on warm caches; the last line compares the two steps' work within
+the pass: what each takes beyond the skipped-rules pass, round by round.
 """
 from __future__ import annotations
 
@@ -36,24 +39,31 @@ from adabatch.batch_size import POLICY_CLASSES  # noqa: E402
 from adabatch.device import describe  # noqa: E402
 from adabatch.stats import build_engine, gradient_with_statistics  # noqa: E402
 from adabatch.stats.ghost import Capture  # noqa: E402
-from adabatch.stats.layers import Conv2dRule, DenseRule, transient_budget  # noqa: E402
+from adabatch.stats.layers import Conv2dRule, DenseRule, chunks, transient_budget  # noqa: E402
+from adabatch.stats.sums import GradientSums, Needs  # noqa: E402
 from adabatch.step import accumulate_gradient  # noqa: E402
 from bench_stats import MODELS, TESTS, build_config_model, random_cifar  # noqa: E402
 
 
 class LayerClock:
     """Times each rule in its hook (wrapping Capture.on_output_grad) and keeps each layer's first
-    input and output gradient, to time autograd's weight gradient on them afterwards."""
+    input and output gradient, to time autograd's weight gradient on them afterwards. While
+    `skip_rules` is set, the hooks run no rule: the pass is the forward and the activation gradients."""
 
     def __init__(self) -> None:
         self.seconds: dict[str, list[float]] = defaultdict(list)
         self.captured: dict[str, tuple] = {}
         self.original = Capture.on_output_grad
+        self.skip_rules = False
 
     def __enter__(self) -> LayerClock:
         clock = self
 
         def timed(capture: Capture, module, delta):
+            if clock.skip_rules:
+                capture.inputs.pop(module)
+                capture.reached.add(module)
+                return
             name = capture.engine.names[module]
             if name not in clock.captured:
                 a = capture.inputs[module][0]
@@ -100,6 +110,33 @@ def form_of(rule, a, delta, coordinates, keep, budget) -> tuple[str, str]:
     return form, f"{positions} x {d_in} -> {d_out}"
 
 
+def forming_ms(rule, a, delta, form: str, budget: int, rounds: int) -> float | None:
+    """A formed dense layer's per-example gradients alone, chunk by chunk as its rule forms them (patches
+    included, no sums): the batched matmuls that forming cannot do without."""
+    if not (isinstance(rule, DenseRule) and form.startswith("formed")):
+        return None
+    n, positions = len(a), rule.output_rows(delta).shape[1]
+    size = rule.formed_chunk(a, delta, positions, budget)
+    out = torch.empty(size, rule.module.weight.shape[0], rule.module.weight[0].numel())
+
+    def form_all():
+        for chunk in chunks(n, size):
+            rule.form(a[chunk], delta[chunk], out[:len(range(n)[chunk])])
+    return time_ms(form_all, rounds)
+
+
+def activations_only(engine, data, batch, clock: LayerClock) -> None:
+    """The ghost pass with every rule skipped: the forward and the activation gradients, which a plain
+    step computes too."""
+    x, y = data.examples(batch)
+    clock.skip_rules = True
+    try:
+        with Capture(engine, GradientSums(engine.params, Needs())) as capture:
+            engine._backward(x, y, None, capture)
+    finally:
+        clock.skip_rules = False
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", choices=MODELS, default="cnn")
@@ -115,34 +152,48 @@ def main() -> None:
     engine = build_engine(args.engine, copy.deepcopy(model))
     data = random_cifar(args.size, device)
     batch, needs = data.draw(args.size), POLICY_CLASSES[args.test].needs
-    plain, tested = [], []
+    plain, tested, bare = [], [], []
     with LayerClock() as clock:
         for round_ in range(1 + args.rounds):  # round 0 warms up
             for step, times in ((lambda: accumulate_gradient(model, data, batch, args.size, None), plain),
-                                (lambda: gradient_with_statistics(engine, data, batch, args.size, needs), tested)):
+                                (lambda: gradient_with_statistics(engine, data, batch, args.size, needs), tested),
+                                (lambda: activations_only(engine, data, batch, clock), bare)):
                 model.zero_grad(set_to_none=True)
                 engine.model.zero_grad(set_to_none=True)
                 start = time.perf_counter()
                 step()
                 times.append(time.perf_counter() - start)
-    plain_ms, tested_ms = median_ms(plain[1:]), median_ms(tested[1:])
+    plain_ms, tested_ms, bare_ms = median_ms(plain[1:]), median_ms(tested[1:]), median_ms(bare[1:])
 
     print(f"{args.model}, {args.test}, {args.engine}, b = {args.size}, on {describe(device)}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads; median of {args.rounds} rounds")
     print(f"plain step {plain_ms:.1f} ms, tested step {tested_ms:.1f} ms ({tested_ms / plain_ms:.2f}x)\n")
-    print("| layer | T x d_in -> d_out | form | rule in its hook (ms) | autograd's weight gradient (ms) | difference (ms) |")
-    print("|---|---|---|---|---|---|")
-    total_rule = total_weight = 0.0
+    print("| layer | T x d_in -> d_out | form | rule in its hook (ms) | forming alone (ms) "
+          "| autograd's weight gradient (ms) | difference (ms) |")
+    print("|---|---|---|---|---|---|---|")
+    total_rule = total_weight = total_forming = formed_rules = 0.0
     for name, samples in clock.seconds.items():
         rule, a, delta, budget, keep, coordinates = clock.captured[name]
         rule_ms = median_ms(samples[len(samples) // (1 + args.rounds):])  # after the warm-up round
         form, shape = form_of(rule, a, delta, coordinates, keep, budget)
         weight_ms = time_ms(lambda: rule.weight_gradient(a, delta), args.rounds) if isinstance(rule, DenseRule) else 0.0
+        alone = forming_ms(rule, a, delta, form, budget, args.rounds)
         total_rule, total_weight = total_rule + rule_ms, total_weight + weight_ms
-        print(f"| {name} ({type(rule.module).__name__}) | {shape} | {form} | {rule_ms:.2f} | {weight_ms:.2f} | {rule_ms - weight_ms:+.2f} |")
-    print(f"| all layers | | | {total_rule:.1f} | {total_weight:.1f} | {total_rule - total_weight:+.1f} |")
+        if alone is not None:
+            total_forming, formed_rules = total_forming + alone, formed_rules + rule_ms
+        print(f"| {name} ({type(rule.module).__name__}) | {shape} | {form} | {rule_ms:.2f} | "
+              f"{'' if alone is None else f'{alone:.2f}'} | {weight_ms:.2f} | {rule_ms - weight_ms:+.2f} |")
+    print(f"| all layers | | | {total_rule:.1f} | {total_forming:.1f} | {total_weight:.1f} | {total_rule - total_weight:+.1f} |")
     print(f"\nThe tested step adds {tested_ms - plain_ms:.1f} ms to the plain step; the rules add "
-          f"{total_rule - total_weight:.1f} ms over autograd's weight gradients.")
+          f"{total_rule - total_weight:.1f} ms over autograd's weight gradients. Forming the per-example gradients "
+          f"alone takes {total_forming:.1f} ms of the formed layers' {formed_rules:.1f} ms in their hooks.")
+    # Per round, so that the machine's drift between rounds cancels in each difference
+    weights_in_pass = median_ms([p - b for p, b in zip(plain[1:], bare[1:])])
+    rules_in_pass = median_ms([t - b for t, b in zip(tested[1:], bare[1:])])
+    print(f"In the pass itself: the forward and activation gradients alone (the ghost pass with every rule "
+          f"skipped) take {bare_ms:.1f} ms, so autograd's weight gradients take {weights_in_pass:.1f} ms of the plain "
+          f"step and the rules {rules_in_pass:.1f} ms of the tested step ({rules_in_pass / weights_in_pass:.2f}x). "
+          f"At 1.2x a plain step the rules would have {weights_in_pass + 0.2 * plain_ms:.1f} ms.")
 
 
 if __name__ == "__main__":

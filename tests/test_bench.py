@@ -132,6 +132,10 @@ def test_the_layer_profile_lists_every_layer_with_its_form():
     forms = {row[0]: row[2] for row in rows}
     assert forms["| 10 (Linear)"] == "outer" and forms["| 0 (Conv2d)"].startswith(("formed", "gram"))
     assert all(float(row[3]) > 0 for row in rows) and "the rules add" in result.stdout
+    forming = {row[0]: row[4] for row in rows}  # a formed dense layer's per-example gradients alone
+    assert forming["| 10 (Linear)"] == "" and all(float(forming[name]) > 0 for name in forms
+                                                   if forms[name].startswith("formed"))
+    assert "the forward and activation gradients alone" in result.stdout
 
 
 def test_the_bench_summary_says_how_far_a_second_run_is():

@@ -271,6 +271,13 @@ class DenseRule(LayerRule):
         """Whether `form` builds patches (else its memory is the per-example gradients alone)."""
         return self.builds_patches
 
+    def formed_chunk(self, a: torch.Tensor, delta: torch.Tensor, positions: int, budget: int) -> int:
+        """How many examples the formed form takes at a time: their per-example gradients, and patches
+        where `form` builds them, within `budget` elements."""
+        weight = self.module.weight
+        form_elements = weight.numel() + (self.patch_elements(positions) if self.forms_from_patches(a, delta) else 0)
+        return max(1, min(len(a), budget // form_elements))
+
     def first_phase(self, a, delta, coordinates, keep, budget, workspace):
         m = self.module
         rows = self.output_rows(delta)
@@ -357,8 +364,7 @@ class DenseRule(LayerRule):
         sq_norm = torch.zeros((), dtype=rows.dtype, device=rows.device)
         coord_sq = torch.zeros_like(grad) if coordinates else None
         formed = []
-        form_elements = d_out * d_in + (self.patch_elements(positions) if self.forms_from_patches(a, delta) else 0)
-        size = max(1, min(n, budget // form_elements))
+        size = self.formed_chunk(a, delta, positions, budget)
         # The chunks' gradients go to the workspace: kept, each chunk to its own examples' rows; else every
         # chunk to the same rows. Their sums over examples are matrix products with a row of ones,
         # accumulated in place: twice as fast as sum(0) and an addition.
