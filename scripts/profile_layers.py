@@ -16,8 +16,9 @@ input and output gradient; none for normalization layers, whose rules form their
 gradients); and which form the rule took: "outer" (one position), "gram", "formed" (per-example
 gradients; "kept" for the inner products), and for a convolution, "grouped" or "patches" (formed),
 "offsets" or "patches" (gram: its input Gram matrices from shifted channel products or from patches).
-The per-layer times after the pass run on warm caches; the last line compares the two steps' work within
-the pass: what each takes beyond the skipped-rules pass, round by round.
+The rules are timed in their hooks, within the pass; forming alone and autograd's weight gradient after
+the rounds, on warm caches. The last line compares the two steps' work within the pass: what each takes
+beyond the skipped-rules pass, round by round.
 """
 from __future__ import annotations
 
