@@ -247,3 +247,14 @@ def tied_loss(model, tokens):
     logits = model(tokens[:, :-1])
     per_token = torch.nn.functional.cross_entropy(logits.flatten(0, 1), tokens[:, 1:].flatten(), reduction="none")
     return per_token.view(len(tokens), -1).mean(1).sum()
+
+
+def test_two_backward_passes_in_one_part_are_refused():
+    model, data, batch = tiny_problem("mlp", batch_size=6)
+    capture = PartCapture(model, Needs())
+    capture.attach(capture.new_sums())
+    with pytest.raises(RuntimeError, match=r"parameter model\.\S+ received two gradients in one part: run one backward per part"):
+        with capture.part(6, 1.0):
+            for _ in range(2):
+                _classification_loss(data)(model, batch).backward()
+    capture.detach()
