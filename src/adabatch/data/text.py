@@ -111,18 +111,19 @@ def windows(tokens: np.ndarray, window: int) -> tuple[torch.Tensor, torch.Tensor
     return cut[:, :-1].contiguous(), cut[:, 1:].contiguous()
 
 
-def check_text_model(dataset: ArrayDataset, model: nn.Module) -> None:
+def check_text_model(dataset: ArrayDataset, model: nn.Module, model_name: str | None = None) -> None:
     """Refuse (ConfigError, one line) a model that cannot read the dataset's examples: token windows
     for a model without token embeddings (no `block_size` / `vocab_size`) or the other way round, windows
-    longer than the model's positions, tokens outside its vocabulary."""
+    longer than the model's positions, tokens outside its vocabulary. `model_name`: the run's model.name."""
     reads_tokens = hasattr(model, "block_size") and hasattr(model, "vocab_size")
+    named = f"model={model_name}" if model_name else f"the model ({type(model).__name__})"
     if not isinstance(dataset, TextDataset):
         if reads_tokens:
-            raise ConfigError(f"model {type(model).__name__} reads token ids, and dataset={dataset.name} holds images; "
+            raise ConfigError(f"{named} reads token ids, and dataset={dataset.name} holds images; "
                               "use dataset=text, or a model for images")
         return
     if not reads_tokens:
-        raise ConfigError(f"dataset={dataset.name} holds token windows, which model {type(model).__name__} does not read "
+        raise ConfigError(f"dataset={dataset.name} holds token windows, which {named} does not read "
                           "(it has no block_size and vocab_size); use model=gpt")
     if dataset.block_size > model.block_size:
         raise ConfigError(f"dataset.block_size={dataset.block_size} is above model.block_size={model.block_size} "
