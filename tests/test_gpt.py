@@ -182,7 +182,7 @@ def test_datasets_declare_their_task():
     images = ArrayDataset("random", torch.zeros(2, 1, 2, 2, dtype=torch.uint8), torch.zeros(2, dtype=torch.int64),
                           torch.zeros(1, 1, 2, 2, dtype=torch.uint8), torch.zeros(1, dtype=torch.int64), 2, 255.0,
                           (0.0,), (1.0,))
-    assert task_of(images) is TASKS["classification"]
+    assert task_of(images) is TASKS["classification"] and images.pixels and images.tokens_per_example is None
 
 
 def test_registered_and_its_config_mirrors_the_builder():

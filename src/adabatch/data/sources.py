@@ -40,6 +40,7 @@ class DatasetUnavailable(RuntimeError):
 class ArrayDataset:
     task: ClassVar[str] = "classification"  # what its examples are for: a name in adabatch.tasks.TASKS
     pixels: ClassVar[bool] = True  # inputs that `normalize` scales; False: token ids, passed as they are
+    tokens_per_example: ClassVar[int | None] = None  # token datasets: predicted tokens per example (records count tokens)
     name: str
     train_x: torch.Tensor  # uint8 (N, C, H, W); float32 when already scaled (npz source, max_value 1.0)
     train_y: torch.Tensor  # int64 (N,)
