@@ -117,11 +117,11 @@ results/cpu/runs/%/summary.json: | $(SYNCED)
 results/paper/runs/%/summary.json: | $(SYNCED)
 	$(call train_run,$*,$(@D))
 
-.PHONY: reproduce reproduce-cpu cpu-runs paper-runs figures data pack-runs smoke-paper paper-run-ids
+.PHONY: reproduce reproduce-cpu cpu-runs paper-runs figures data data-fashion-mnist data-kjv pack-runs smoke-paper paper-run-ids
 JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 
 ## The CPU reproduction on real data (Fashion-MNIST at the paper's scale, digits): runs, figures, tables
-reproduce-cpu: | $(SYNCED) data
+reproduce-cpu: | $(SYNCED) data-fashion-mnist
 	$(MAKE) -k -j$(JOBS) cpu-runs
 	$(MAKE) pack-runs RUNS=results/cpu/runs
 	$(MAKE) figures RUNS=results/cpu/runs OUT=results/cpu
@@ -159,9 +159,12 @@ figures: | $(SYNCED)
 pack-runs: | $(SYNCED)
 	$(PY) scripts/pack_runs.py $(RUNS)
 
+## The data the runs read: Fashion-MNIST (reproduce-cpu) and the King James Bible as text (dataset=text)
+data: data-fashion-mnist data-kjv
+
 ## Fashion-MNIST for reproduce-cpu: Debian's dataset-fashion-mnist (apt-get, as root), else a download into data/
 FASHION_DIR := /usr/share/datasets/fashion-mnist
-data: | $(SYNCED)
+data-fashion-mnist: | $(SYNCED)
 	@if [ -f $(FASHION_DIR)/train-images-idx3-ubyte.gz ]; then exit 0; fi; \
 	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	  echo "make data: installing Debian's dataset-fashion-mnist"; \
@@ -170,3 +173,17 @@ data: | $(SYNCED)
 	$(PY) -c "from adabatch.data import load_dataset; load_dataset('fashion_mnist', 'data')" 2>/dev/null && exit 0; \
 	echo "make data: Fashion-MNIST is missing; install it with 'sudo apt-get install dataset-fashion-mnist'" \
 	  "or put its four idx files in data/FashionMNIST/raw/" >&2; exit 1
+
+## The King James Bible (Debian's bible-kjv, apt-get as root) as UTF-8 text: <data_dir>/kjv.txt, dataset=text's default
+DATA_DIR ?= $(or $(ADABATCH_DATA_DIR),data)
+KJV_TEXT := $(DATA_DIR)/kjv.txt
+data-kjv: $(KJV_TEXT)
+
+$(KJV_TEXT):
+	@if ! command -v bible >/dev/null && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "make data: installing Debian's bible-kjv"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bible-kjv) >/dev/null 2>&1; fi; \
+	command -v bible >/dev/null || { echo "make data: the King James Bible is missing; install it with" \
+	  "'sudo apt-get install bible-kjv' and run make data again" >&2; exit 1; }
+	@mkdir -p $(@D)
+	bible -l0 Gen1:1-Rev22:21 > $@.tmp && mv $@.tmp $@

@@ -2,8 +2,9 @@
 
 Dataset sources (each returns an ArrayDataset; a config builds one with `_target_: adabatch.data.<name>`):
 digits, mnist, fashion_mnist, cifar10, cifar100 (SHIPPED_SOURCES, also by name through load_dataset),
-npz, image_folder and torchvision. The functions npz and image_folder hide the submodules of the same
-name as attributes of this package: import those modules with `from adabatch.data.npz import ...`.
+npz, image_folder, torchvision and text (token windows of a UTF-8 file). The functions npz, image_folder
+and text hide the submodules of the same name as attributes of this package: import those modules with
+`from adabatch.data.npz import ...`.
 """
 
 from adabatch.data.augment import AUGMENTATIONS, Augmentation, CropFlip, FlipResizedCrop, build_augmentation
@@ -22,6 +23,7 @@ from adabatch.data.sources import (
     mnist,
 )
 from adabatch.data.stream import IndexStream
+from adabatch.data.text import TextDataset, check_text_model, text
 from adabatch.data.torchvision_source import torchvision
 
 __all__ = [
@@ -36,10 +38,12 @@ __all__ = [
     "IndexStream",
     "Layout",
     "SHIPPED_SOURCES",
+    "TextDataset",
     "TrainingData",
     "build_augmentation",
     "cifar10",
     "cifar100",
+    "check_text_model",
     "digits",
     "evaluation_batches",
     "fashion_mnist",
@@ -49,5 +53,6 @@ __all__ = [
     "normalize",
     "npz",
     "plan_layout",
+    "text",
     "torchvision",
 ]

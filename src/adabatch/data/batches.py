@@ -91,7 +91,9 @@ def _channel_tensor(values: tuple[float, ...], device: torch.device) -> torch.Te
 
 
 def normalize(x_uint8: torch.Tensor, dataset: ArrayDataset) -> torch.Tensor:
-    """float32 (x / max_value - mean) / std, per channel."""
+    """float32 (x / max_value - mean) / std, per channel; a dataset of token ids (not pixels) unchanged."""
+    if not dataset.pixels:
+        return x_uint8
     mean = _channel_tensor(dataset.mean, x_uint8.device)
     std = _channel_tensor(dataset.std, x_uint8.device)
     return (x_uint8.float() / dataset.max_value - mean) / std

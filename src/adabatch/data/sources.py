@@ -15,6 +15,7 @@ import pickle
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -37,6 +38,9 @@ class DatasetUnavailable(RuntimeError):
 
 @dataclass(frozen=True, eq=False)
 class ArrayDataset:
+    task: ClassVar[str] = "classification"  # what its examples are for: a name in adabatch.tasks.TASKS
+    pixels: ClassVar[bool] = True  # inputs that `normalize` scales; False: token ids, passed as they are
+    tokens_per_example: ClassVar[int | None] = None  # token datasets: predicted tokens per example (records count tokens)
     name: str
     train_x: torch.Tensor  # uint8 (N, C, H, W); float32 when already scaled (npz source, max_value 1.0)
     train_y: torch.Tensor  # int64 (N,)

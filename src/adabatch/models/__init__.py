@@ -1,5 +1,6 @@
 """Model zoo. A run builds its model from the config (`model_from_config`: the config's `_target_`,
-called as target(input_shape, num_classes, **options)); Python callers may name a shipped model
+called as target(input_shape, num_classes, **options): (C, H, W) and classes for images, (tokens,) and the
+vocabulary for token windows); Python callers may name a shipped model
 (`build_model(name, input_shape, num_classes, norm, **options)`).
 
 The options a shipped model accepts are the keyword-only parameters of its builder.
@@ -13,6 +14,7 @@ from torch import nn
 
 from adabatch.components import build, check
 from adabatch.models.cnn import cnn
+from adabatch.models.gpt import gpt
 from adabatch.models.mlp import logistic_regression, mlp
 from adabatch.models.norm import NORM_POLICIES, make_norm, normalization_of
 from adabatch.models.resnet import resnet18, resnet50
@@ -25,6 +27,7 @@ _BUILDERS: dict[str, Callable[..., nn.Module]] = {
     "resnet18": resnet18,
     "resnet50": resnet50,
     "vit": vit,
+    "gpt": gpt,
 }
 MODELS = tuple(_BUILDERS)
 
@@ -72,8 +75,8 @@ def build_model(
     if unknown:
         raise ValueError(f"model={name} has no option(s) {unknown}; its options are {list(allowed)}")
     shape = tuple(int(s) for s in input_shape)
-    if len(shape) != 3 or min(shape) < 1:
-        raise ValueError(f"input_shape must be positive (C, H, W), got {tuple(input_shape)}")
+    if not shape or min(shape) < 1:  # (C, H, W) for images, (tokens,) for token windows
+        raise ValueError(f"input_shape must be positive, got {tuple(input_shape)}")
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
     if "norm" in inspect.signature(builder).parameters:
