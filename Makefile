@@ -149,11 +149,13 @@ gpu-check: | $(SYNCED)
 paper-run-ids:
 	@echo $(foreach e,$(PAPER_EXPERIMENTS),$(foreach r,$($(e)_RUNS),$(e)/$(r)))
 
-## Figures and tables from run records alone (a run, a directory of runs, or a Hydra multirun)
+## Figures and tables from run records alone (a run, a directory of runs, or a Hydra multirun); then the
+## README's and docs/' generated blocks from the committed tables
 RUNS ?= results/cpu/runs
 OUT ?= results/cpu
 figures: | $(SYNCED)
 	$(PY) scripts/make_figures.py $(RUNS) --out $(OUT)
+	$(PY) -m adabatch_bench.docs
 
 ## Gzip finished runs' metrics.jsonl (what results/ commits; figures read either)
 pack-runs: | $(SYNCED)

@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import argparse
 import csv
+import textwrap
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from adabatch.analysis import group_runs, load_runs
+from adabatch.batch_size import POLICY_CLASSES, AdaptiveTest
 from adabatch.analysis.figures import row_methods
 from adabatch_bench import ROOT
 from adabatch_bench import summary as bench
@@ -44,7 +46,7 @@ class Block:
         return f"<!-- /generated: {self.name} -->"
 
     def render(self) -> str:
-        return "\n".join([self.begin(), self.text(), self.end()])
+        return "\n".join([self.begin(), "", self.text(), "", self.end()])
 
 
 def percent(fraction: str, spread: str) -> str:
@@ -65,23 +67,38 @@ def results_table(experiment_dir: Path, labels: list[str]) -> str:
     return "\n".join(lines)
 
 
+def best_of(experiment_dir: Path, labels: list[str]) -> str:
+    """The row of table.csv with the best mean final test accuracy among `labels`, as a phrase."""
+    with open(experiment_dir / "table.csv", newline="") as f:
+        best = max((r for r in csv.DictReader(f) if r["method"] in labels), key=lambda r: float(r["final_test_acc_mean"]))
+    return f"{best['method']}, {100 * float(best['final_test_acc_mean']):.2f}% in {count(best['steps_mean'])} steps"
+
+
 def results_cpu() -> str:
+    """Each experiment's own methods, then the best tested and the best constant-batch method of all its
+    methods (frontier points included): whether an adaptive test matches a constant batch."""
     experiments = group_runs(load_runs([ROOT / CPU_RESULTS / "runs"]))
     parts = []
     for experiment in sorted(experiments, key=lambda e: e.slug, reverse=True):
         own = row_methods(experiment)
         left_out = len(experiment.methods) - len(own)
         folder = CPU_RESULTS / experiment.slug
+        policy = lambda m: POLICY_CLASSES[m.config["batch_size"]["name"]]  # noqa: E731
+        tested = [m.label for m in experiment.methods if issubclass(policy(m), AdaptiveTest)]
+        constant = [m.label for m in experiment.methods if m.config["batch_size"]["name"] == "constant"]
+        best = (f"Best final accuracy of all {len(experiment.methods)} methods, frontier included: with a test, "
+                f"{best_of(ROOT / folder, tested)}; with a constant batch, {best_of(ROOT / folder, constant)}.")
         parts += [f"**`{experiment.name}`** (`{folder.as_posix()}/`; {left_out} frontier points more in "
-                  f"`frontier.md`):", "", results_table(ROOT / folder, [m.label for m in own]), ""]
+                  f"`frontier.md`):", "", results_table(ROOT / folder, [m.label for m in own]), "",
+                  textwrap.fill(best, 105), ""]
     return "\n".join(parts[:-1])
 
 
 def bench_brief() -> str:
     rows = bench.read_rows(ROOT / BENCH_CSV)
-    lines = [f"Ghost's worst ratio to a plain step over the CNN, ResNet-18 and the ViT at b = {bench.SIZE} "
-             f"(`{BENCH_CSV.with_suffix('.md').as_posix()}`, {bench.machine((ROOT / BENCH_CSV).with_suffix('.md'))}):",
-             "", "| test | time | peak memory |", "|---|---|---|"]
+    said = (f"Ghost's worst ratios to a plain step over the CNN, ResNet-18 and the ViT at b = {bench.SIZE}, on "
+            f"{bench.machine((ROOT / BENCH_CSV).with_suffix('.md'))} (`{BENCH_CSV.with_suffix('.md').as_posix()}`):")
+    lines = [textwrap.fill(said, 105), "", "| test | time | peak memory |", "|---|---|---|"]
     for test, label in bench.TEST_NAMES.items():
         worst = bench.slowest(rows, "ghost", test)
         if worst is None:
