@@ -1,4 +1,4 @@
-"""scripts/bench_stats.py end to end on the small CNN: it times every engine in a process of its own,
+"""`python -m adabatch_bench.bench` end to end on the small CNN: it times every engine in a process of its own,
 measures its memory (in a child process), writes both tables and ends with one worst-overhead line per
 engine and test (what it measures is tested elsewhere)."""
 from __future__ import annotations
