@@ -45,17 +45,17 @@ environment:
 clean-runs:
 	rm -rf runs multirun outputs
 
-## Tested step against plain step, per engine and test: results/bench/<device>.md, and the README's summary of cpu.csv
+## Tested step against plain step, per engine and test: results/bench/<device>.md, and docs/benchmarks.md's summary of cpu.csv
 .PHONY: bench
 bench: $(SYNCED)
-	$(PY) scripts/bench_stats.py $(ARGS)
-	$(PY) scripts/bench_summary.py
+	$(PY) -m adabatch_bench.bench $(ARGS)
+	$(PY) -m adabatch_bench.docs
 
-## The same again into results/bench/repeat/: the README's summary then says how far apart the two runs are
+## The same again into results/bench/repeat/: docs/benchmarks.md's summary then says how far apart the two runs are
 .PHONY: bench-repeat
 bench-repeat: $(SYNCED)
-	$(PY) scripts/bench_stats.py --out results/bench/repeat $(ARGS)
-	$(PY) scripts/bench_summary.py
+	$(PY) -m adabatch_bench.bench --out results/bench/repeat $(ARGS)
+	$(PY) -m adabatch_bench.docs
 
 ## A sweep as a SLURM job array: make sweep NAME=eta GRID="experiment=cpu_digits_cnn batch_size.eta=0.25,0.5 seed=0,1"
 NAME ?= sweep
@@ -138,22 +138,24 @@ paper-runs: $(PAPER_RUN_TARGETS)
 
 ## Every paper run's real steps at its true shapes on stand-in pixels (CPU, ~15 min): results/smoke/cpu.md
 smoke-paper: | $(SYNCED)
-	$(PY) scripts/smoke_paper.py $(ARGS)
+	$(PY) -m adabatch_bench.smoke_paper $(ARGS)
 
 ## On a GPU node, first (<10 min): quickstart fp32/bf16/compile/auto, bench and smoke subsets, 2-GPU torchrun
 .PHONY: gpu-check
 gpu-check: | $(SYNCED)
-	$(PY) scripts/gpu_check.py $(ARGS)
+	$(PY) -m adabatch_bench.gpu_check $(ARGS)
 
 # The run ids of make reproduce, one per (experiment, method, optimizer): what smoke-paper runs
 paper-run-ids:
 	@echo $(foreach e,$(PAPER_EXPERIMENTS),$(foreach r,$($(e)_RUNS),$(e)/$(r)))
 
-## Figures and tables from run records alone (a run, a directory of runs, or a Hydra multirun)
+## Figures and tables from run records alone (a run, a directory of runs, or a Hydra multirun); then the
+## README's and docs/' generated blocks from the committed tables
 RUNS ?= results/cpu/runs
 OUT ?= results/cpu
 figures: | $(SYNCED)
 	$(PY) scripts/make_figures.py $(RUNS) --out $(OUT)
+	$(PY) -m adabatch_bench.docs
 
 ## Gzip finished runs' metrics.jsonl (what results/ commits; figures read either)
 pack-runs: | $(SYNCED)

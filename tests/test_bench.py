@@ -1,4 +1,4 @@
-"""scripts/bench_stats.py end to end on the small CNN: it times every engine in a process of its own,
+"""`python -m adabatch_bench.bench` end to end on the small CNN: it times every engine in a process of its own,
 measures its memory (in a child process), writes both tables and ends with one worst-overhead line per
 engine and test (what it measures is tested elsewhere)."""
 from __future__ import annotations
@@ -14,16 +14,15 @@ import torch
 from helpers import ROOT, tiny_problem
 
 from adabatch.stats import Needs, build_engine, gradient_with_statistics
+from adabatch_bench.anchors import ANCHORS, build_anchor
 
-sys.path.insert(0, str(ROOT / "scripts"))
-from bench_anchors import ANCHORS, build_anchor  # noqa: E402
 
 ENGINES, TESTS = ("ghost", "functorch"), ("norm", "coordinate_norm")
 
 
 def test_bench_writes_its_tables_and_worst_overhead_lines(tmp_path):
     result = subprocess.run(
-        [sys.executable, ROOT / "scripts" / "bench_stats.py", "--models", "cnn", "--sizes", "128",
+        [sys.executable, "-m", "adabatch_bench.bench", "--models", "cnn", "--sizes", "128",
          "--engines", *ENGINES, "--tests", *TESTS, "--repeats", "2", "--device", "cpu", "--out", tmp_path],
         capture_output=True, text=True, timeout=300, check=True,
     )
@@ -57,7 +56,7 @@ def test_bench_writes_its_tables_and_worst_overhead_lines(tmp_path):
 
 
 def test_rounds_continue_until_the_median_ratio_is_known_within_the_error():
-    from bench_stats import known_within
+    from adabatch_bench.bench import known_within
     spread = [1.2, 1.5, 1.3, 1.6, 1.4]  # median 1.4, median absolute deviation 0.1
     # two standard errors: 2 * 1.2533 * 1.4826 * 0.1 / sqrt(rounds), against 0.05 * 1.4 = 0.07
     assert not known_within(spread, 0.05) and not known_within(spread * 5, 0.05)  # 0.166, then 0.074
@@ -68,7 +67,7 @@ def test_rounds_continue_until_the_median_ratio_is_known_within_the_error():
 
 def test_per_example_engines_run_only_on_the_models_asked_for(tmp_path):
     subprocess.run(
-        [sys.executable, ROOT / "scripts" / "bench_stats.py", "--models", "cnn", "--sizes", "32", "--engines", "ghost",
+        [sys.executable, "-m", "adabatch_bench.bench", "--models", "cnn", "--sizes", "32", "--engines", "ghost",
          "functorch", "--tests", "norm", "--repeats", "1", "--device", "cpu", "--per-example-models", "--out", tmp_path],
         capture_output=True, text=True, timeout=300, check=True,
     )
@@ -94,18 +93,28 @@ def test_the_anchors_compute_the_exact_engines_statistics_in_float32(anchor):
         torch.testing.assert_close(mine.double(), theirs, rtol=1e-3, atol=1e-9)
 
 
-def test_the_readme_quotes_the_committed_bench_table():
-    """The README's bench summary is written from results/bench/cpu.csv, never typed."""
-    from bench_summary import BEGIN, END, block
+def test_the_readme_and_docs_quote_the_committed_tables():
+    """README.md's and docs/benchmarks.md's numbers are generated from results/, never typed."""
+    from adabatch_bench.docs import BLOCKS, replace, stale_blocks
+    assert stale_blocks() == [], "run python -m adabatch_bench.docs (make bench and make figures do)"
+    for block in BLOCKS:
+        text = (ROOT / block.file).read_text()
+        quoted = text[text.index(block.begin()): text.index(block.end())]
+        tampered = quoted.replace("x", "y", 1) if "x" in quoted else quoted + " "
+        assert replace(text.replace(quoted, tampered), block) == text  # a changed number does not survive
     readme = (ROOT / "README.md").read_text()
-    csv_path = Path("results/bench/cpu.csv")
-    quoted = readme[readme.index(BEGIN.format(csv=csv_path.as_posix())): readme.index(END) + len(END)]
-    assert quoted == block(csv_path), "run scripts/bench_summary.py (make bench does) to quote the committed table"
-    assert "| norm | " in quoted and "Measured on " in quoted and "threads" in quoted
+    with open(ROOT / "results/cpu/fashion_logistic/table.csv", newline="") as f:
+        row = next(r for r in csv.DictReader(f) if r["method"] == "AdAdaGrad (norm test, η=0.1)")
+    assert f"| {row['method']} | 3 | {float(row['steps_mean']):,.0f} |" in readme
+    assert f"{100 * float(row['final_test_acc_mean']):.2f} ± " in readme
+    with open(ROOT / "results/bench/cpu.csv", newline="") as f:
+        ghost = [r for r in csv.DictReader(f) if r["engine"] == "ghost" and r["test"] == "norm" and r["batch_size"] == "128"]
+    worst = max(ghost, key=lambda r: float(r["time_ratio"]))
+    assert f"| norm | {worst['time_ratio']}x" in readme and "Measured on " in (ROOT / "docs/benchmarks.md").read_text()
 
 
 def test_the_bench_summary_names_the_worst_model_and_ghosts_smallest_lead():
-    from bench_summary import summary
+    from adabatch_bench.summary import summary
     row = lambda model, engine, test, ratio, memory="1.00": {  # noqa: E731
         "model": model, "batch_size": "128", "engine": engine, "test": test, "time_ratio": ratio, "memory_ratio": memory}
     rows = [row("cnn", "ghost", "norm", "1.30", "1.10"), row("vit", "ghost", "norm", "1.50", "1.02"),
@@ -124,7 +133,7 @@ def test_the_bench_summary_names_the_worst_model_and_ghosts_smallest_lead():
 
 
 def test_the_layer_profile_lists_every_layer_with_its_form():
-    result = subprocess.run([sys.executable, ROOT / "scripts" / "profile_layers.py", "--model", "cnn", "--test",
+    result = subprocess.run([sys.executable, "-m", "adabatch_bench.profiler", "--model", "cnn", "--test",
                              "inner_product", "--size", "16", "--rounds", "1"],
                             capture_output=True, text=True, timeout=300, check=True)
     rows = [line.split(" | ") for line in result.stdout.splitlines() if line.startswith("| ") and "(" in line.split(" | ")[0]]
@@ -139,7 +148,7 @@ def test_the_layer_profile_lists_every_layer_with_its_form():
 
 
 def test_the_bench_summary_says_how_far_a_second_run_is():
-    from bench_summary import repeat_line
+    from adabatch_bench.summary import repeat_line
     def row(engine, ratio, rounds, test="norm"):
         return {"model": "vit", "batch_size": "128", "engine": engine, "test": test, "time_ratio": ratio, "rounds": rounds}
     first = [row("plain", "1.00", "8"), row("ghost", "1.30", "8"), row("ghost", "1.50", "8", "inner_product"),
@@ -155,7 +164,7 @@ def test_the_bench_summary_says_how_far_a_second_run_is():
 
 
 def test_the_bench_summary_says_which_targets_ghost_meets_and_the_plain_steps_of_both_runs():
-    from bench_summary import plain_steps, targets_line
+    from adabatch_bench.summary import plain_steps, targets_line
     def row(model, engine, test, ratio, memory="1.00", ms="50.0"):
         return {"model": model, "batch_size": "128", "engine": engine, "test": test, "time_ratio": ratio,
                 "memory_ratio": memory, "time_ms": ms}

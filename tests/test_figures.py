@@ -23,7 +23,7 @@ from matplotlib.image import imread
 
 from adabatch.analysis import Experiment, Method, find_run_dirs, group_runs, load_runs, write_report
 from adabatch.analysis.aggregate import AXES, CURVE_POINTS, evaluation_thresholds, method_curves, seed_stat
-from adabatch.analysis.figures import curves_figure, frontier_figure
+from adabatch.analysis.figures import curves_figure, frontier_figure, row_methods
 from adabatch.analysis.frontier import (
     accuracy_levels,
     best_final_accuracy,
@@ -371,6 +371,27 @@ def test_frontier_figure_has_a_point_per_method_and_is_written(tmp_path):
     assert figure in paths and figure.stat().st_size > 10_000
     height, width, _ = imread(figure).shape
     assert 1.5 < width / height < 2.5
+
+
+def test_curves_show_the_experiments_own_methods_and_leave_its_frontier_points_to_the_frontier(tmp_path):
+    """Methods run with the plan most methods share are the row's; a frontier point overrides a plan key."""
+    plan = {"b0": 10, "eta": 0.1}
+    runs = tmp_path / "runs"
+    simple_run(runs / "norm", plan=plan)
+    simple_run(runs / "constant", plan=plan, batch_size=CONSTANT)
+    simple_run(runs / "eta", plan={**plan, "eta": 0.5}, batch_size__eta=0.5)
+    simple_run(runs / "b0", plan={**plan, "b0": 20}, batch_size={**CONSTANT, "initial": 20, "max": 20})
+    (experiment,) = group_runs(load_runs([runs]))
+    own = row_methods(experiment)
+    assert len(experiment.methods) == 4 and {m.config["plan"]["eta"] for m in own} == {0.1}
+    assert {m.config["batch_size"]["name"] for m in own} == {"norm", "constant"}
+    write_report([experiment], tmp_path / "out")  # the curves draw 2 methods, the frontier all 4
+
+    unplanned = tmp_path / "unplanned"
+    simple_run(unplanned / "a", seed=0)
+    simple_run(unplanned / "b", seed=0, batch_size__eta=0.5)
+    (experiment,) = group_runs(load_runs([unplanned]))
+    assert row_methods(experiment) == experiment.methods
 
 
 # ---- tables and the command line ----------------------------------------------------------------

@@ -8,7 +8,7 @@ import pytest
 import torch
 from helpers import ROOT
 
-SCRIPT = [sys.executable, "scripts/gpu_check.py"]
+SCRIPT = [sys.executable, "-m", "adabatch_bench.gpu_check"]
 
 
 def test_the_gpu_check_runs_its_checks_and_writes_a_log_for_an_issue(tmp_path):

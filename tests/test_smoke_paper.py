@@ -2,16 +2,13 @@
 2, 4 and 8 micro-batches at the true example shapes (stand-in pixels), with its optimizer and test."""
 from __future__ import annotations
 
-import sys
-
 import pytest
 from helpers import ROOT, compose
 
 from adabatch.data.standin import write_standin_dataset
-from adabatch.smoke import MEMORY_GROWTH_ALLOWED, MICRO_BATCHES, smoke_run
+from adabatch_bench.smoke import MEMORY_GROWTH_ALLOWED, MICRO_BATCHES, smoke_run
+from adabatch_bench.smoke_paper import SUBSET, overrides, paper_run_ids
 
-sys.path.insert(0, str(ROOT / "scripts"))
-from smoke_paper import SUBSET, overrides, paper_run_ids  # noqa: E402
 
 MICRO = 2  # steps of 4, 8 and 16 examples: seconds for ResNet-50
 

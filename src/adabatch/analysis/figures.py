@@ -4,6 +4,7 @@ test. Built on matplotlib.figure.Figure (no pyplot state), so any backend works.
 from __future__ import annotations
 
 import itertools
+import json
 import math
 from pathlib import Path
 
@@ -64,6 +65,16 @@ def palette(count: int) -> list[tuple]:
 def method_colors(methods: list[Method]) -> dict[str, tuple]:
     """One color per method label, in method order, shared by the curve figures of an experiment."""
     return dict(zip((method.label for method in methods), palette(len(methods))))
+
+
+def row_methods(experiment: Experiment) -> list[Method]:
+    """The experiment's own methods, drawn in the curves: those run with the plan most of its methods
+    share. A frontier's extra points each override one plan key (b0, eta), so they are left to the
+    frontier figure, and a curve panel keeps about eight series a qualitative palette tells apart.
+    Runs without a plan (a multirun, a single run) are all the experiment's own."""
+    plans = [json.dumps(method.config.get("plan"), sort_keys=True) for method in experiment.methods]
+    shared = max(plans, key=plans.count)
+    return [method for method, plan in zip(experiment.methods, plans) if plan == shared]
 
 
 def legend_columns(fig_width: float) -> int:
@@ -315,12 +326,13 @@ def save(fig: Figure, path: Path) -> Path:
 
 def write_figures(experiment: Experiment, out_dir: Path, title: str) -> list[Path]:
     """All figures of `experiment` (which must have a completed run) under out_dir; their paths."""
-    colors = method_colors(experiment.methods)
-    written = [
-        save(curves_figure(experiment, axis, colors, title), out_dir / f"curves_{axis.name}.png") for axis in AXES
-    ]
+    own = Experiment(experiment.name, row_methods(experiment))
+    left_out = len(experiment.methods) - len(own.methods)
+    own_title = f"{title} (its own methods; {left_out} more in frontier.png)" if left_out else title
+    colors = method_colors(own.methods)
+    written = [save(curves_figure(own, axis, colors, own_title), out_dir / f"curves_{axis.name}.png") for axis in AXES]
     written.append(save(frontier_figure(experiment, title), out_dir / "frontier.png"))
-    test_figure = statistic_figure(experiment, colors, title)
+    test_figure = statistic_figure(own, colors, own_title)
     if test_figure is not None:
         written.append(save(test_figure, out_dir / "test_statistic.png"))
     return written

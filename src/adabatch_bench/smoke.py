@@ -20,11 +20,11 @@ from dataclasses import asdict, dataclass, field
 import torch
 from omegaconf import DictConfig
 
-from .adaptive_batch import divergence
-from .device import synchronize
-from .memory import Measurement, MemoryGauge
-from .micro_batch import AUTO, choose_max_micro
-from .training import adaptive_batch, build_experiment
+from adabatch.adaptive_batch import divergence
+from adabatch.device import synchronize
+from adabatch.memory import Measurement, MemoryGauge
+from adabatch.micro_batch import AUTO, choose_max_micro
+from adabatch.training import adaptive_batch, build_experiment
 
 MICRO_BATCHES = (2, 4, 8)  # steps of this many micro-batches: peak memory measured at each
 TIMED_MICRO_BATCHES = 4  # step time: the faster of two such steps

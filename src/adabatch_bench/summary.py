@@ -1,32 +1,27 @@
-"""The README's summary of `make bench`, written from the committed table rather than typed.
+"""The summary of `make bench`, written from the committed table rather than typed.
 
-    .venv/bin/python scripts/bench_summary.py            # rewrite the README's block from results/bench/cpu.csv
-    .venv/bin/python scripts/bench_summary.py --check    # exit 1 if the README's block is not the table's
+    .venv/bin/python -m adabatch_bench.summary     # print it from results/bench/cpu.csv
+    .venv/bin/python -m adabatch_bench.docs        # write it into docs/benchmarks.md (make bench does)
 
-With a second run of the same command in results/bench/repeat/ (`make bench-repeat`), the block also
+With a second run of the same command in results/bench/repeat/ (`make bench-repeat`), the summary also
 says how far apart the two runs' time ratios are.
 
 Per test, at b = 128: the ghost engine's worst time ratio over the models (and ghost_measured's, where
 it ran) and ghost's worst memory ratio, and on each model where the anchors ran, the best anchor "as
 users call it" next to ghost's ratio on the same model; then which of the project's targets ghost
-meets, in each run, and the plain steps' times in both. The block sits between the two marker lines
-below; `make bench` rewrites it.
+meets, in each run, and the plain steps' times in both.
 """
 from __future__ import annotations
 
 import argparse
 import csv
 import re
-import sys
 import textwrap
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "scripts"))
+from adabatch_bench import ROOT
+from adabatch_bench.anchors import ANCHORS
 
-from bench_anchors import ANCHORS  # noqa: E402
-
-BEGIN, END = "<!-- bench-summary: written by scripts/bench_summary.py from {csv} -->", "<!-- /bench-summary -->"
 SIZE = "128"
 TEST_NAMES = {"norm": "norm", "inner_product": "inner product", "augmented_inner_product": "augmented inner product",
               "coordinate_norm": "coordinate-wise"}
@@ -175,7 +170,7 @@ def block(csv_path: Path) -> str:
     ran_on = textwrap.fill(f"Measured on {machine((ROOT / csv_path).with_suffix('.md'))} "
                            f"(`{csv_path.with_suffix('.md').as_posix()}`):", 105)
     rows = read_rows(ROOT / csv_path)
-    lines = [BEGIN.format(csv=csv_path.as_posix()), ran_on, "", summary(rows)]
+    lines = [ran_on, "", summary(rows)]
     targets = targets_line(rows)
     if targets:
         lines += ["", textwrap.fill(targets[0].upper() + targets[1:], 105)]
@@ -187,35 +182,16 @@ def block(csv_path: Path) -> str:
         said = " In it, ".join(line[0].lower() + line[1:] for line in second if line)
         if said:
             lines += ["", textwrap.fill("In the second run, " + said, 105)]
-    return "\n".join([*lines, END])
-
-
-def replace_block(readme: str, csv_path: Path, new: str) -> str:
-    begin = BEGIN.format(csv=csv_path.as_posix())
-    start, end = readme.find(begin), readme.find(END)
-    if start < 0 or end < start:
-        raise SystemExit(f"error: the README has no block from {begin!r} to {END!r}; add the two lines where the "
-                         f"summary belongs")
-    return readme[:start] + new + readme[end + len(END):]
+    return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--csv", type=Path, default=Path("results/bench/cpu.csv"), help="relative to the repository root")
-    parser.add_argument("--readme", type=Path, default=ROOT / "README.md")
-    parser.add_argument("--check", action="store_true", help="exit 1 if the README's block differs, write nothing")
     args = parser.parse_args()
     if not (ROOT / args.csv).exists():
         raise SystemExit(f"error: {args.csv} does not exist; run `make bench` first")
-    readme = args.readme.read_text()
-    updated = replace_block(readme, args.csv, block(args.csv))
-    if args.check:
-        if updated != readme:
-            raise SystemExit(f"{args.readme} does not quote {args.csv}: run scripts/bench_summary.py")
-        return
-    if updated != readme:
-        args.readme.write_text(updated)
-        print(f"{args.readme}: the bench summary now quotes {args.csv}")
+    print(block(args.csv))
 
 
 if __name__ == "__main__":

@@ -2,8 +2,8 @@
 command of this project; the script prints a pass/fail table and writes every command's output to
 results/gpu-check/<host>.log, the file to attach to an issue when a check fails.
 
-    python scripts/gpu_check.py                 # on a GPU node
-    python scripts/gpu_check.py --device cpu --only quickstart-fp32 quickstart-bf16   # the same checks on the CPU
+    python -m adabatch_bench.gpu_check          # on a GPU node
+    python -m adabatch_bench.gpu_check --device cpu --only quickstart-fp32 quickstart-bf16   # the same checks on the CPU
 """
 from __future__ import annotations
 
@@ -21,7 +21,8 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
+from adabatch_bench import ROOT
+
 PY = sys.executable
 QUICKSTART_ACCURACY = 0.9  # the quickstart reaches ~0.97; below 0.9 something is wrong
 
@@ -50,9 +51,9 @@ def checks(device: str, work: Path, samples: int | None) -> list[Check]:
         quickstart("quickstart-bf16", "train.precision=bf16"),
         quickstart("quickstart-compile", "train.compile=true"),
         quickstart("quickstart-auto-micro", "batch_size.max_micro=auto"),
-        Check("bench-subset", [PY, "scripts/bench_stats.py", "--device", device, "--models", "resnet18", "vit",
+        Check("bench-subset", [PY, "-m", "adabatch_bench.bench", "--device", device, "--models", "resnet18", "vit",
                                "--sizes", "128", "512", "--repeats", "3", "--out", str(ROOT / "results" / "bench")], 240),
-        Check("smoke-paper-subset", [PY, "scripts/smoke_paper.py", "--subset", "--device", device, "--micro", "auto"], 240),
+        Check("smoke-paper-subset", [PY, "-m", "adabatch_bench.smoke_paper", "--subset", "--device", device, "--micro", "auto"], 240),
         Check("torchrun-2-gpus", [*torchrun, "src/train.py", *quick, f"hydra.run.dir={work / 'torchrun'}"],
               300, work / "torchrun", needs_gpus=2),
     ]

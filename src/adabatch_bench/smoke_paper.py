@@ -1,10 +1,10 @@
 """`make smoke-paper`: every run of `make reproduce` takes real steps at its true shapes (see
-src/adabatch/smoke.py), on stand-in pixels; a table of step times, peak memory and a GPU-hour
+adabatch_bench/smoke.py), on stand-in pixels; a table of step times, peak memory and a GPU-hour
 estimate goes to results/smoke/<device>.md (and .json). Exit 1 if any run failed a check.
 
-    python scripts/smoke_paper.py                       # every paper run, on the CPU
-    python scripts/smoke_paper.py --subset              # one tested run per model family
-    python scripts/smoke_paper.py --device cuda --micro auto   # on a GPU node (make gpu-check)
+    python -m adabatch_bench.smoke_paper                # every paper run, on the CPU
+    python -m adabatch_bench.smoke_paper --subset       # one tested run per model family
+    python -m adabatch_bench.smoke_paper --device cuda --micro auto   # on a GPU node (make gpu-check)
 """
 from __future__ import annotations
 
@@ -22,9 +22,9 @@ from hydra import compose, initialize_config_dir
 from adabatch.data.standin import write_standin_dataset
 from adabatch.device import describe, resolve_device
 from adabatch.micro_batch import AUTO
-from adabatch.smoke import MEMORY_GROWTH_ALLOWED, MICRO_BATCHES, TIMED_MICRO_BATCHES, matmul_flops_per_second, smoke_run
+from adabatch_bench import ROOT
+from adabatch_bench.smoke import MEMORY_GROWTH_ALLOWED, MICRO_BATCHES, TIMED_MICRO_BATCHES, matmul_flops_per_second, smoke_run
 
-ROOT = Path(__file__).resolve().parent.parent
 # Train splits of the true size (batches are capped at it); a small test split: nothing is evaluated.
 STANDIN_SIZES = {"mnist": (60000, 100), "cifar10": (50000, 100), "cifar100": (50000, 100)}
 # Micro-batches on the CPU: small enough that 4 of them take seconds at the true shapes.

@@ -1,11 +1,11 @@
 """Where a ghost tested step spends its time, layer by layer, next to what autograd spends on the same
 layer's weight gradient in a plain step.
 
-    .venv/bin/python scripts/profile_layers.py --model cnn --test norm
-    .venv/bin/python scripts/profile_layers.py --model resnet18 --test inner_product --size 128 --rounds 5
-    .venv/bin/python scripts/profile_layers.py --model vit --engine ghost_measured   # forms timed in the warm-up
+    .venv/bin/python -m adabatch_bench.profiler --model cnn --test norm
+    .venv/bin/python -m adabatch_bench.profiler --model resnet18 --test inner_product --size 128 --rounds 5
+    .venv/bin/python -m adabatch_bench.profiler --model vit --engine ghost_measured   # forms timed in the warm-up
 
-The models and inputs are `scripts/bench_stats.py`'s (the configs' models on random CIFAR-sized
+The models and inputs are `adabatch_bench.bench`'s (the configs' models on random CIFAR-sized
 images). A plain step, a tested step and the ghost pass with every rule skipped (the forward and the
 activation gradients, which both steps compute) take turns for `--rounds` rounds after a warm-up; each
 time is the median over rounds. Per layer with parameters: the rule's time in its output-gradient hook
@@ -25,25 +25,19 @@ from __future__ import annotations
 import argparse
 import copy
 import statistics
-import sys
 import time
 from collections import defaultdict
-from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "src"))
-sys.path.insert(0, str(ROOT / "scripts"))
-
-from adabatch.batch_size import POLICY_CLASSES  # noqa: E402
-from adabatch.device import describe  # noqa: E402
-from adabatch.stats import build_engine, gradient_with_statistics  # noqa: E402
-from adabatch.stats.ghost import Capture  # noqa: E402
-from adabatch.stats.layers import Conv2dRule, DenseRule, chunks, transient_budget  # noqa: E402
-from adabatch.stats.sums import GradientSums, Needs  # noqa: E402
-from adabatch.step import accumulate_gradient  # noqa: E402
-from bench_stats import MODELS, TESTS, build_config_model, random_cifar  # noqa: E402
+from adabatch.batch_size import POLICY_CLASSES
+from adabatch.device import describe
+from adabatch.stats import build_engine, gradient_with_statistics
+from adabatch.stats.ghost import Capture
+from adabatch.stats.layers import Conv2dRule, DenseRule, chunks, transient_budget
+from adabatch.stats.sums import GradientSums, Needs
+from adabatch.step import accumulate_gradient
+from adabatch_bench.bench import MODELS, TESTS, build_config_model, random_cifar
 
 
 class LayerClock:

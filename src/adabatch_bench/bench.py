@@ -1,8 +1,8 @@
 """What a tested step costs next to a plain training step, for each statistics engine and test.
 
-    .venv/bin/python scripts/bench_stats.py              # the committed table (make bench): results/bench/<device>.md, .csv
-    .venv/bin/python scripts/bench_stats.py --sizes 32 128 512 --per-example-models cnn resnet18 vit  # everything
-    .venv/bin/python scripts/bench_stats.py --models vit --sizes 128 --engines ghost --out /tmp/bench
+    .venv/bin/python -m adabatch_bench.bench             # the committed table (make bench): results/bench/<device>.md, .csv
+    .venv/bin/python -m adabatch_bench.bench --sizes 32 128 512 --per-example-models cnn resnet18 vit  # everything
+    .venv/bin/python -m adabatch_bench.bench --models vit --sizes 128 --engines ghost --out /tmp/bench
 
 A plain step is the forward and backward of a batch (`accumulate_gradient`); a tested step is the
 same batch through `gradient_with_statistics` with an engine and a test's needs. Each engine is timed
@@ -49,25 +49,22 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "src"))
-sys.path.insert(0, str(ROOT / "scripts"))
-
-from adabatch.batch_size import POLICY_CLASSES  # noqa: E402
-from adabatch.data import ArrayDataset, TrainingData, build_augmentation  # noqa: E402
-from adabatch.device import autocast as make_autocast  # noqa: E402
-from adabatch.device import describe, synchronize  # noqa: E402
-from adabatch.memory import free_bytes  # noqa: E402
-from adabatch.models import model_from_config  # noqa: E402
-from adabatch.stats import ENGINES, build_engine, gradient_with_statistics  # noqa: E402
-from adabatch.step import accumulate_gradient  # noqa: E402
-from bench_anchors import ANCHORS, build_anchor  # noqa: E402
+from adabatch.batch_size import POLICY_CLASSES
+from adabatch.data import ArrayDataset, TrainingData, build_augmentation
+from adabatch.device import autocast as make_autocast
+from adabatch.device import describe, synchronize
+from adabatch.memory import free_bytes
+from adabatch.models import model_from_config
+from adabatch.stats import ENGINES, build_engine, gradient_with_statistics
+from adabatch.step import accumulate_gradient
+from adabatch_bench import ROOT
+from adabatch_bench.anchors import ANCHORS, build_anchor
 
 TESTS = ("norm", "inner_product", "augmented_inner_product", "coordinate_norm")
 MODELS = ("cnn", "resnet18", "vit")
 REPORTED_SIZE = 128  # the worst-overhead lines compare the models at this batch size
 CIFAR_SHAPE = ((3, 32, 32), 10)  # the models are timed at CIFAR-10 shapes
-# Engines that form every per-example gradient: this project's exact ones, and the anchors (bench_anchors.py)
+# Engines that form every per-example gradient: this project's exact ones, and the anchors (anchors.py)
 PER_EXAMPLE_ENGINES = ("opacus", "functorch", *ANCHORS)
 
 
@@ -285,7 +282,7 @@ def engine_groups(engines: list[str]) -> list[list[str]]:
 
 
 def time_in_child(device: str, engines: list[str], models: list[str], args) -> list[Result]:
-    command = [sys.executable, __file__, "--timing-only", "--device", device, "--models", *models,
+    command = [sys.executable, "-m", __spec__.name, "--timing-only", "--device", device, "--models", *models,
                "--sizes", *map(str, args.sizes), "--tests", *args.tests, "--precision", args.precision,
                "--repeats", str(args.repeats), "--ratio-error", str(args.ratio_error),
                "--max-seconds", str(args.max_seconds),
@@ -299,7 +296,7 @@ def time_in_child(device: str, engines: list[str], models: list[str], args) -> l
 
 
 def measure_memory_in_child(model: str, size: int, engines: list[str], args) -> dict[tuple[str, str], int]:
-    command = [sys.executable, __file__, "--memory-only", "--device", "cpu", "--models", model, "--sizes", str(size),
+    command = [sys.executable, "-m", __spec__.name, "--memory-only", "--device", "cpu", "--models", model, "--sizes", str(size),
                "--tests", *args.tests, "--precision", args.precision, "--memory-fraction", "inf", "--engines", *engines]
     child = subprocess.run(command, env={**os.environ, **MEMORY_CHILD_ENV}, capture_output=True, text=True)
     if child.returncode:
@@ -396,7 +393,7 @@ def write_tables(results: list[Result], device: str, args) -> None:
     lines = [
         f"# Tested step against a plain step ({device})",
         "",
-        f"Written by `{' '.join(['scripts/bench_stats.py', *sys.argv[1:]])}` on {describe(torch.device(device))}, "
+        f"Written by `{' '.join(['python -m adabatch_bench.bench', *sys.argv[1:]])}` on {describe(torch.device(device))}, "
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, precision {args.precision}; "
         f"{args.repeats} rounds, more until every ratio of this project's engines was known within "
         f"{args.ratio_error:.0%} (two standard errors of a median) or a model's rounds had taken {args.max_seconds:g} s "
