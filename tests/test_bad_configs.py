@@ -100,6 +100,7 @@ BAD_CONFIGS = {  # overrides: what the error line must say
     "model=resnet18 model.norm=batch": "batch_size=norm needs per-example gradients, which BatchNorm does not have",
     "schedule.name=cosine": "schedule.name=cosine is the name of the shipped adabatch.schedules.cosine",
     "device=tpu": "device='tpu' is unknown; choose one of auto, cpu, cuda",
+    "logger.name=nope": "logger.name='nope' is unknown; choose one of none, wandb",
     "resume=sometimes": "resume='sometimes' is unknown; choose one of auto, never, must",
     "resume=must": "resume=must but",
 }

@@ -26,6 +26,7 @@ from .stats import ENGINES, build_engine
 __all__ = ["ConfigError", "check_config", "check_model", "plain"]
 
 RESUME_MODES = ("auto", "never", "must")
+LOGGERS = ("none", "wandb")  # configs/logger/: what reporting.Reporter logs to besides the run's own files
 SHIPPED_NAMES = {"dataset": SHIPPED_SOURCES, "model": MODELS, "optimizer": SHIPPED_OPTIMIZERS,
                  "schedule": SHIPPED_SCHEDULES, "batch_size": POLICY_CLASSES}  # whose keys config_ranges knows
 
@@ -51,6 +52,7 @@ def _check(cfg: DictConfig, world: World) -> None:
         at_least("train.eval_first", train.eval_first, 1)
     check_ranges(cfg, SHIPPED_NAMES)
     choice("resume", cfg.resume, RESUME_MODES)
+    choice("logger.name", cfg.logger.get("name"), LOGGERS)
     if cfg.batch_size.max_micro != "auto":
         at_least("batch_size.max_micro", cfg.batch_size.max_micro, 1, alternative="or auto")
     memory_gb = cfg.batch_size.max_micro_memory_gb
