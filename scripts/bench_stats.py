@@ -53,7 +53,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from adabatch.batch_size import POLICY_CLASSES  # noqa: E402
+from adabatch.components import shipped  # noqa: E402
 from adabatch.data import ArrayDataset, TrainingData, build_augmentation  # noqa: E402
 from adabatch.device import autocast as make_autocast  # noqa: E402
 from adabatch.device import describe, synchronize  # noqa: E402
@@ -181,7 +181,7 @@ class Bench:
             if name in PER_EXAMPLE_ENGINES and per_example_bytes > self.args.memory_fraction * free_bytes(self.device):
                 skipped[(name, test)] = f"needs ~{per_example_bytes / 2**30:.0f} GiB of per-example gradients"
                 continue
-            needs = POLICY_CLASSES[test].needs
+            needs = shipped("batch_size", test).needs
             if name in ANCHORS:
                 steps[(name, test)] = lambda e=engine, n=needs: anchor_step(e, data, batch, n, autocast)
             else:

@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from adabatch.batch_size import POLICY_CLASSES  # noqa: E402
+from adabatch.components import shipped  # noqa: E402
 from adabatch.device import describe  # noqa: E402
 from adabatch.stats import build_engine, gradient_with_statistics  # noqa: E402
 from adabatch.stats.ghost import Capture  # noqa: E402
@@ -152,7 +152,7 @@ def main() -> None:
     model = build_config_model(args.model)
     engine = build_engine(args.engine, copy.deepcopy(model))
     data = random_cifar(args.size, device)
-    batch, needs = data.draw(args.size), POLICY_CLASSES[args.test].needs
+    batch, needs = data.draw(args.size), shipped("batch_size", args.test).needs
     plain, tested, bare = [], [], []
     with LayerClock() as clock:
         for round_ in range(1 + args.rounds):  # round 0 warms up

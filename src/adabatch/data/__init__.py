@@ -1,8 +1,8 @@
 """Datasets, seeded index streams, device-side augmentation and micro-batching.
 
 Dataset sources (each returns an ArrayDataset; a config builds one with `_target_: adabatch.data.<name>`):
-digits, mnist, fashion_mnist, cifar10, cifar100 (SHIPPED_SOURCES, also by name through load_dataset),
-npz, image_folder and torchvision. The functions npz and image_folder hide the submodules of the same
+digits, mnist, fashion_mnist, cifar10, cifar100, npz, image_folder and torchvision (also by the name of
+their config in configs/dataset/ through load_dataset). The functions npz and image_folder hide the submodules of the same
 name as attributes of this package: import those modules with `from adabatch.data.npz import ...`.
 """
 
@@ -11,7 +11,6 @@ from adabatch.data.batches import Batch, Examples, Layout, TrainingData, evaluat
 from adabatch.data.image_folder import image_folder
 from adabatch.data.npz import npz
 from adabatch.data.sources import (
-    SHIPPED_SOURCES,
     ArrayDataset,
     DatasetUnavailable,
     cifar10,
@@ -35,7 +34,6 @@ __all__ = [
     "FlipResizedCrop",
     "IndexStream",
     "Layout",
-    "SHIPPED_SOURCES",
     "TrainingData",
     "build_augmentation",
     "cifar10",
