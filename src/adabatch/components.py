@@ -63,8 +63,7 @@ def build(group: str, config: Mapping[str, Any], *args: Any, run_keys: tuple[str
     of its range) becomes a ConfigError naming the group; any other error is raised as the target raised it."""
     target, options = check(group, config, *args, run_keys=run_keys, offered=offered)
     try:  # the Hydra way, nested `_target_`s and `_partial_` included
-        path = config.get(TARGET, shipped_targets(group).get(config.get("name")))
-        return hydra.utils.instantiate({TARGET: path, **options}, *args, _convert_="all")
+        return hydra.utils.instantiate({TARGET: target_path(group, config), **options}, *args, _convert_="all")
     except Exception as error:
         raised = error.__cause__ if isinstance(error, InstantiationException) and error.__cause__ else error
         if isinstance(raised, ValueError):
@@ -106,14 +105,22 @@ def check(group: str, config: Mapping[str, Any], *args: Any, run_keys: tuple[str
     return target, {**options, **hydra_keys}
 
 
+def target_path(group: str, config: Mapping[str, Any]) -> str | Callable[..., Any]:
+    """The `_target_` of `config`, else that of the shipped config it names."""
+    if TARGET in config:
+        return config[TARGET]
+    targets, name = shipped_targets(group), config.get("name")
+    if name not in targets:
+        where = "" if CONFIG_DIR.is_dir() else f" (no {CONFIG_DIR}: the shipped configs are read from the repository)"
+        raise ConfigError(f"{group}={name!r} is unknown{where}; choose one of {', '.join(targets)}, "
+                          f"or name your own class or function in {group}._target_")
+    return targets[name]
+
+
 def locate(group: str, config: Mapping[str, Any]) -> Callable[..., Any]:
     """The class or function of `config`: its `_target_`, else that of the shipped config it names."""
-    targets = shipped_targets(group)
-    name = config.get("name")
-    if TARGET not in config and name not in targets:
-        raise ConfigError(f"{group}={name!r} is unknown; choose one of {', '.join(targets)}, "
-                          f"or name your own class or function in {group}._target_")
-    path = config.get(TARGET, targets.get(name))
+    path = target_path(group, config)
+    targets, name = shipped_targets(group), config.get("name")
     try:
         target = get_object(path) if isinstance(path, str) else path
     except Exception as error:  # Hydra's message for a missing module or attribute spans several lines
