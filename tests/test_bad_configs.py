@@ -10,6 +10,8 @@ import sys
 import pytest
 from helpers import ROOT
 
+from adabatch.validation import check_config
+
 spec = importlib.util.spec_from_file_location("train_cli", ROOT / "src" / "train.py")
 train_cli = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(train_cli)
@@ -144,3 +146,24 @@ def test_a_rejected_config_leaves_an_earlier_run_untouched(tmp_path, capsys):
     assert code == 2
     assert [p.name for p in run_dir.iterdir()] == ["metrics.jsonl"]
     assert (run_dir / "metrics.jsonl").read_text() == '{"kind": "train", "step": 1}\n'
+
+
+def test_a_run_checks_its_config_once(tmp_path, monkeypatch):
+    """train() checks before it takes the run directory, and builds the experiment without checking again."""
+    from adabatch import training
+
+    calls = []
+    monkeypatch.setattr(training, "check_config", lambda cfg, world: calls.append(world) or check_config(cfg, world))
+    argv, root = sys.argv, logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    sys.argv = ["train.py", "device=cpu", "train.samples=16", "train.eval_every=16", "train.eval_train_examples=8",
+                "batch_size.initial=4", "batch_size.max=8", "train.save_model=false", f"hydra.run.dir={tmp_path / 'run'}"]
+    try:
+        train_cli.main()
+    finally:
+        sys.argv = argv
+        for handler in root.handlers:
+            if handler not in handlers:
+                handler.close()
+        root.handlers[:], root.level = handlers, level
+    assert len(calls) == 1 and (tmp_path / "run" / "summary.json").exists()
