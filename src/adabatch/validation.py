@@ -5,10 +5,9 @@ Each value is checked in one place. A component's values are checked by the comp
 (adabatch.checks, called by its constructor): `check_config` builds the cheap components (policy,
 schedule, optimizer on a stand-in parameter), so their checks run now, and checks that the model's and
 the dataset's targets can be called with their keys; the model and the dataset check their values when
-they are built (after the data is loaded, still before anything is written). What checks here are the
-run's own keys (RUN_KEYS: train.*, seed, resume, ...), which no component takes, and the checks that span
-keys of several groups (`check_across_groups`). `check_model` checks the built model for the run's
-policy.
+they are built (after the data is loaded, still before anything is written). Checked here are the
+run's own keys, which no component takes (RUN_SETTINGS: train.*, seed, resume, ...), and the checks
+that span groups (`check_across_groups`); `check_model` checks the built model for the run's policy.
 """
 from __future__ import annotations
 
@@ -55,7 +54,7 @@ def memory_gb(key: str, value: Any) -> Any:
 
 
 # The run's own keys, which no component's constructor takes: each one's check.
-RUN_KEYS: dict[str, Callable[[str, Any], Any]] = {
+RUN_SETTINGS: dict[str, Callable[[str, Any], Any]] = {
     "seed": lambda key, value: checks.integer(key, value, 0, SEED_LIMIT - 1),
     "resume": lambda key, value: checks.one_of(key, value, RESUME_MODES),
     "logger.name": lambda key, value: checks.one_of(key, value, LOGGERS),
@@ -86,7 +85,7 @@ def check_config(cfg: DictConfig, world: World) -> None:
 
 
 def _check(cfg: DictConfig, world: World) -> None:
-    for key, check in RUN_KEYS.items():
+    for key, check in RUN_SETTINGS.items():
         node = OmegaConf.select(cfg, key, default=None)
         check(key, OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node)
     check_dataset_config(plain(cfg.dataset), cfg.data_dir)
