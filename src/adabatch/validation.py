@@ -3,11 +3,12 @@ line naming the key, the value and what is allowed.
 
 Each value is checked in one place. A component's values are checked by the component itself
 (adabatch.checks, called by its constructor): `check_config` builds the cheap components (policy,
-schedule, optimizer on a stand-in parameter), so their checks run now, and checks that the model's and
-the dataset's targets can be called with their keys; the model and the dataset check their values when
-they are built (after the data is loaded, still before anything is written). Checked here are the
-run's own keys, which no component takes (RUN_SETTINGS: train.*, seed, resume, ...), and the checks
-that span groups (`check_across_groups`); `check_model` checks the built model for the run's policy.
+schedule, optimizer on a stand-in parameter, augmentation), so their checks run now, and checks that
+the model's and the dataset's targets can be called with their keys; the model and the dataset check
+their values when they are built (after the data is loaded, still before anything is written).
+Checked here are the run's own keys, which no component takes (RUN_SETTINGS: train.*, seed, resume,
+...), and the checks that span groups (`check_across_groups`); `check_model` checks the built model
+for the run's policy.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from . import checks
 from .batch_size import AdaptiveTest, BatchSizePolicy, build_policy
-from .data import AUGMENTATIONS
+from .data import build_augmentation
 from .data.from_config import check_dataset_config
 from .device import autocast, resolve_device
 from .distributed import World
@@ -66,7 +67,6 @@ RUN_SETTINGS: dict[str, Callable[[str, Any], Any]] = {
     "train.save_model": checks.switch,
     "batch_size.max_micro": max_micro,
     "batch_size.max_micro_memory_gb": memory_gb,
-    "dataset.augmentation": lambda key, value: checks.one_of(key, value, AUGMENTATIONS),
 }
 
 
@@ -89,6 +89,7 @@ def _check(cfg: DictConfig, world: World) -> None:
         node = OmegaConf.select(cfg, key, default=None)
         check(key, OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node)
     check_dataset_config(plain(cfg.dataset), cfg.data_dir)
+    build_augmentation(cfg.dataset.augmentation)
     device = resolve_device(cfg.device, world.local_rank)
     autocast(device, cfg.train.precision)
     build_schedule(plain(cfg.schedule))
