@@ -25,7 +25,6 @@ from .data.from_config import check_dataset_config
 from .device import autocast, resolve_device
 from .distributed import World
 from .errors import ConfigError
-from .micro_batch import AUTO
 from .models import check_model_config
 from .optim import build_optimizer
 from .schedules import build_schedule
@@ -36,6 +35,7 @@ __all__ = ["ConfigError", "check_config", "check_model", "plain"]
 SEED_LIMIT = 2**64  # torch's generators take 64-bit seeds
 RESUME_MODES = ("auto", "never", "must")
 LOGGERS = ("none", "wandb")  # configs/logger/: what reporting.Reporter logs to besides the run's own files
+AUTO = "auto"  # batch_size.max_micro=auto (micro_batch.AUTO; not imported, so that the run package may import this)
 
 
 def at_least_one(key: str, value: Any) -> int:
