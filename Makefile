@@ -9,8 +9,9 @@ ARGS ?=
 PYTEST_ARGS ?=
 TEST_WORKERS ?= 2
 
-.PHONY: install run test lock environment clean-runs
+.PHONY: install run test lock environment clean-runs help
 
+## uv and the locked environment in .venv (what run and test install when missing)
 install: $(SYNCED)
 
 # requirements.lock pins every package with its hashes, so a fresh machine gets exactly what CI tested.
@@ -26,9 +27,9 @@ $(SYNCED): pyproject.toml requirements.lock
 run: $(SYNCED)
 	$(PY) src/train.py experiment=quickstart $(ARGS)
 
-## The test suite, a file per worker process (TEST_WORKERS=0: in this process). Most of its time is
-## subprocesses starting (seconds of imports each) and waiting on each other, so two workers share two
-## cores well; a file's tests stay together (one SLURM test at a time, module fixtures built once).
+## The test suite, a file per worker process (TEST_WORKERS=0: all in this process)
+## Most of its time is subprocesses starting (seconds of imports each) and waiting on each other, so two
+## workers share two cores well; a file's tests stay together (one SLURM test at a time, module fixtures built once).
 test: $(SYNCED)
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
@@ -42,8 +43,15 @@ lock:
 environment:
 	$(PYTHON) scripts/write_environment.py > environment.yml
 
+## Delete runs/, multirun/ and outputs/ (the runs of src/train.py outside results/)
 clean-runs:
 	rm -rf runs multirun outputs
+
+## The targets with a line each (the first line of the ## comment above each)
+help:
+	@awk '/^## / { if (!text) text = substr($$0, 4); next } \
+	  /^[a-z][A-Za-z0-9_-]*:([^=]|$$)/ { if (text) printf "  %-14s %s\n", substr($$0, 1, index($$0, ":") - 1), text; text = "" } \
+	  /^$$/ { text = "" }' $(firstword $(MAKEFILE_LIST))
 
 ## Tested step against plain step, per engine and test: results/bench/<device>.md, and docs/benchmarks.md's summary of cpu.csv
 .PHONY: bench

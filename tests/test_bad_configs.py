@@ -10,26 +10,28 @@ import sys
 import pytest
 from helpers import ROOT
 
+from adabatch.validation import check_config
+
 spec = importlib.util.spec_from_file_location("train_cli", ROOT / "src" / "train.py")
 train_cli = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(train_cli)
 train_cli.main.__wrapped__.__module__ = "__main__"  # so Hydra finds configs/ next to src/, as when run as a script
 
 BAD_CONFIGS = {  # overrides: what the error line must say
-    "batch_size.eta=0": "batch_size.eta=0 must be > 0",
-    "batch_size.eta=-0.5": "batch_size.eta=-0.5 must be > 0",
-    "batch_size=inner_product batch_size.theta=0": "batch_size.theta=0 must be > 0",
-    "batch_size=augmented_inner_product batch_size.nu=-1": "batch_size.nu=-1 must be > 0",
+    "batch_size.eta=0": "batch_size.eta=0 must be a number > 0",
+    "batch_size.eta=-0.5": "batch_size.eta=-0.5 must be a number > 0",
+    "batch_size=inner_product batch_size.theta=0": "batch_size.theta=0 must be a number > 0",
+    "batch_size=augmented_inner_product batch_size.nu=-1": "batch_size.nu=-1 must be a number > 0",
     "batch_size=coordinate_norm batch_size.quantile=1.5": "batch_size.quantile=1.5",
     "batch_size=gns batch_size.multiple=0": "batch_size.multiple=0 must be a number > 0",
-    "batch_size=gns batch_size.ema=1.0": "batch_size.ema=1.0 must be in [0, 1)",
+    "batch_size=gns batch_size.ema=1.0": "batch_size.ema=1.0 must be a number in [0, 1)",
     "batch_size.initial=600 batch_size.max=512": "batch_size.max=512 is below batch_size.initial=600",
-    "batch_size.initial=1": "batch_size.initial=1 must be >= 2",
+    "batch_size.initial=1": "batch_size.initial=1 must be an integer >= 2: the tests need a sample variance",
     "batch_size.max_micro=0": "batch_size.max_micro=0 must be an integer >= 1 or auto",
     "batch_size.max_micro=biggest": "batch_size.max_micro=biggest must be an integer >= 1 or auto",
     "batch_size.max_micro_memory_gb=-2": "batch_size.max_micro_memory_gb=-2 must be a number of GiB > 0",
     "batch_size.max_micro_memory_gb=lots": "batch_size.max_micro_memory_gb=lots must be a number of GiB > 0",
-    "batch_size.interval=0": "batch_size.interval=0 must be >= 1",
+    "batch_size.interval=0": "batch_size.interval=0 must be an integer >= 1",
     "batch_size.engine=jax": "batch_size.engine='jax' is unknown; choose one of ghost, ghost_measured, opacus, functorch",
     "batch_size=inner_product batch_size.ip_mode=local": "batch_size.ip_mode='local' is unknown",
     "batch_size=linear_ramp batch_size.increment=-4": "batch_size.increment=-4",
@@ -37,7 +39,7 @@ BAD_CONFIGS = {  # overrides: what the error line must say
     "train.samples=-100": "train.samples=-100 must be an integer >= 1",
     "train.eval_every=0": "train.eval_every=0 must be an integer >= 1",
     "train.eval_first=0": "train.eval_first=0 must be an integer >= 1",
-    "batch_size.finite_population=yes": "batch_size.finite_population='yes' must be true or false",
+    "batch_size.finite_population=yes": "batch_size.finite_population=yes must be true or false",
     "train.checkpoint_every=0": "train.checkpoint_every=0 must be an integer >= 1",
     "train.precision=fp16": "train.precision='fp16' is unknown; choose one of fp32, bf16",
     "optimizer.name=sgd": "optimizer.name=sgd is the name of the shipped torch.optim.sgd.SGD, not of optimizer._target_=torch.optim.Adagrad",
@@ -93,13 +95,15 @@ BAD_CONFIGS = {  # overrides: what the error line must say
     "dataset=npz": "dataset.path is required by dataset=npz: add dataset.path=<value> to the command line",
     "dataset.augmentation=mixup": "dataset.augmentation='mixup' is unknown; choose one of none, crop_flip, vit",
     "model.name=vit": "model.name=vit is the name of the shipped adabatch.models.vit.vit, not of model._target_=adabatch.models.cnn",
-    "model._target_=adabatch.models.MODELS": "model._target_=adabatch.models.MODELS is a tuple, not a class or function",
+    "model._target_=adabatch.models.NORM_POLICIES":
+        "model._target_=adabatch.models.NORM_POLICIES is a tuple, not a class or function",
     "model._target_=adabatch.models.resnet1000": "model._target_=adabatch.models.resnet1000 cannot be imported",
     "model=resnet18 model.norm=layer": "model.norm='layer' is unknown; choose one of",
     "+model.depth=3": "model.depth is not a parameter of adabatch.models.cnn.cnn (model=cnn); its parameters are none",
     "model=resnet18 model.norm=batch": "batch_size=norm needs per-example gradients, which BatchNorm does not have",
     "schedule.name=cosine": "schedule.name=cosine is the name of the shipped adabatch.schedules.cosine",
     "device=tpu": "device='tpu' is unknown; choose one of auto, cpu, cuda",
+    "logger.name=nope": "logger.name='nope' is unknown; choose one of none, wandb",
     "resume=sometimes": "resume='sometimes' is unknown; choose one of auto, never, must",
     "resume=must": "resume=must but",
 }
@@ -142,3 +146,24 @@ def test_a_rejected_config_leaves_an_earlier_run_untouched(tmp_path, capsys):
     assert code == 2
     assert [p.name for p in run_dir.iterdir()] == ["metrics.jsonl"]
     assert (run_dir / "metrics.jsonl").read_text() == '{"kind": "train", "step": 1}\n'
+
+
+def test_a_run_checks_its_config_once(tmp_path, monkeypatch):
+    """train() checks before it takes the run directory, and builds the experiment without checking again."""
+    from adabatch import training
+
+    calls = []
+    monkeypatch.setattr(training, "check_config", lambda cfg, world: calls.append(world) or check_config(cfg, world))
+    argv, root = sys.argv, logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    sys.argv = ["train.py", "device=cpu", "train.samples=16", "train.eval_every=16", "train.eval_train_examples=8",
+                "batch_size.initial=4", "batch_size.max=8", "train.save_model=false", f"hydra.run.dir={tmp_path / 'run'}"]
+    try:
+        train_cli.main()
+    finally:
+        sys.argv = argv
+        for handler in root.handlers:
+            if handler not in handlers:
+                handler.close()
+        root.handlers[:], root.level = handlers, level
+    assert len(calls) == 1 and (tmp_path / "run" / "summary.json").exists()

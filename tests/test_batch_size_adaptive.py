@@ -82,8 +82,8 @@ def test_coordinate_rule_is_the_max_and_the_quantile_variant_is_robust():
 @pytest.mark.parametrize(
     "cfg, message",
     [
-        ({"name": "norm", "initial": 1, "max": 8, "eta": 0.1}, "batch_size.initial=1 must be >= 2"),
-        ({"name": "norm", "initial": 4, "max": 8, "eta": 0.0}, "batch_size.eta=0.0 must be > 0"),
+        ({"name": "norm", "initial": 1, "max": 8, "eta": 0.1}, "batch_size.initial=1 must be an integer >= 2"),
+        ({"name": "norm", "initial": 4, "max": 8, "eta": 0.0}, "batch_size.eta=0.0 must be a number > 0"),
         ({"name": "inner_product", "initial": 4, "max": 8, "theta": -1}, "batch_size.theta=-1"),
         ({"name": "augmented_inner_product", "initial": 4, "max": 8, "theta": 1, "nu": 0}, "batch_size.nu=0"),
         ({"name": "norm", "initial": 4, "max": 8, "eta": 0.1, "interval": 0}, "batch_size.interval=0"),
@@ -117,5 +117,5 @@ def test_finite_population_caps_an_infinite_proposal_at_the_population_and_is_of
     assert norm_policy(population=30).finite_population is False
     with pytest.raises(ValueError, match="finite_population=true needs the training set's size"):
         norm_policy(finite_population=True).decide(step=1, samples=4, batch_size=4, statistics=stats(4, norm_var=1.0))
-    with pytest.raises(ValueError, match="batch_size.finite_population='yes' must be true or false"):
+    with pytest.raises(ValueError, match="batch_size.finite_population=yes must be true or false"):
         norm_policy(finite_population="yes")

@@ -1,5 +1,6 @@
-"""Components from their configs (`_target_` and hydra.utils.instantiate): the shipped configs name the
-shipped components, and every mistake a config can hold is one line naming the key."""
+"""Components from their configs (`_target_` and hydra.utils.instantiate): each shipped config names its
+component, a name is a shipped config's `_target_`, and every mistake a config can hold is one line
+naming the key."""
 from __future__ import annotations
 
 import pytest
@@ -7,29 +8,22 @@ import torch
 import yaml
 from helpers import CONFIG_DIR
 
-from adabatch.batch_size import POLICY_CLASSES, build_policy
-from adabatch.components import Parameters, build, get_object
-from adabatch.data.sources import SHIPPED_SOURCES, DatasetUnavailable
+from adabatch.batch_size import Constant, build_policy
+from adabatch.components import Parameters, build, get_object, shipped, shipped_names
+from adabatch.data.sources import DatasetUnavailable
 from adabatch.errors import ConfigError
-from adabatch.models import _BUILDERS
-from adabatch.optim import SHIPPED_OPTIMIZERS
-from adabatch.schedules import SHIPPED_SCHEDULES
 
-SHIPPED = {"model": _BUILDERS, "dataset": SHIPPED_SOURCES, "optimizer": SHIPPED_OPTIMIZERS,
-           "schedule": SHIPPED_SCHEDULES, "batch_size": POLICY_CLASSES}
+GROUPS = ("dataset", "model", "optimizer", "schedule", "batch_size")  # built from `_target_`; logger is not
 
 
-@pytest.mark.parametrize("group", SHIPPED)
+@pytest.mark.parametrize("group", GROUPS)
 def test_each_shipped_config_names_its_component_by_target(group):
     configs = {path.stem: yaml.safe_load(path.read_text()) for path in sorted((CONFIG_DIR / group).glob("*.yaml"))}
-    named = {config["name"]: config for config in configs.values() if config["name"] in SHIPPED[group]}
-    assert set(named) == set(SHIPPED[group])  # every shipped component has its config
+    assert shipped_names(group) == tuple(configs) and len(configs) >= 4
     for stem, config in configs.items():
         assert config["name"] == stem  # records, tables and run directories call it by its file's name
         target = get_object(config["_target_"])
-        assert callable(target)
-        if stem in SHIPPED[group]:
-            assert target is SHIPPED[group][stem]
+        assert callable(target) and shipped(group, stem) is target  # a name stands for its config's target
 
 
 class Base:
@@ -50,7 +44,7 @@ def test_parameters_follow_options_passed_on_to_the_base_class():
 
 
 def build_test_policy(**config):
-    return build("batch_size", {"_target_": f"{__name__}.Forwarding", **config}, shipped={},
+    return build("batch_size", {"_target_": f"{__name__}.Forwarding", **config},
                  offered={"population": 60, "budget": 1000})
 
 
@@ -74,22 +68,23 @@ def test_config_mistakes_are_one_line_naming_the_key(config, message):
 
 def test_nested_targets_are_instantiated_too():
     """hydra.utils.instantiate builds a component's own components: here a model's activation."""
-    model = build("model", {"_target_": "torch.nn.Sequential", "_args_": [{"_target_": "torch.nn.Tanh"}]}, shipped={})
+    model = build("model", {"_target_": "torch.nn.Sequential", "_args_": [{"_target_": "torch.nn.Tanh"}]})
     assert isinstance(model[0], torch.nn.Tanh)
 
 
 def test_a_value_error_of_the_target_names_the_group_and_other_errors_pass_unchanged(tmp_path):
     with pytest.raises(ConfigError, match=r"^optimizer=adagrad: Invalid learning rate: -1"):
-        build("optimizer", {"name": "adagrad", "lr": -1}, [torch.nn.Parameter(torch.ones(1))], shipped=SHIPPED_OPTIMIZERS)
-    with pytest.raises(ConfigError, match=r"^batch_size.eta=0 must be > 0"):  # a message naming its key is kept
+        build("optimizer", {"name": "adagrad", "lr": -1}, [torch.nn.Parameter(torch.ones(1))])
+    with pytest.raises(ConfigError, match=r"^batch_size.eta=0 must be a number > 0"):  # a message naming its key is kept
         build_policy({"name": "norm", "initial": 4, "max": 8, "eta": 0}, budget=1)
     with pytest.raises(DatasetUnavailable):  # not wrapped in Hydra's InstantiationException
-        build("dataset", {"_target_": "adabatch.data.sources.mnist", "download": False}, shipped={},
+        build("dataset", {"_target_": "adabatch.data.sources.mnist", "download": False},
               offered={"data_dir": str(tmp_path)})
 
 
-def test_a_config_without_target_names_a_shipped_component():
-    assert isinstance(build_policy({"name": "constant", "initial": 3}, budget=1), POLICY_CLASSES["constant"])
-    with pytest.raises(ConfigError, match="batch_size='norm_test' is unknown; choose one of constant, .*, or name your"):
+def test_a_config_without_target_names_a_shipped_config():
+    assert isinstance(build_policy({"name": "constant", "initial": 3}, budget=1), Constant)
+    with pytest.raises(ConfigError, match="batch_size='norm_test' is unknown; choose one of augmented_inner_product, "
+                                          "constant, .*, or name your"):
         build_policy({"name": "norm_test", "initial": 3}, budget=1)
 

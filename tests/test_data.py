@@ -214,7 +214,7 @@ def test_download_then_parse_torchvision_layout(tmp_path, monkeypatch):
 
 
 def test_unknown_dataset_name(tmp_path):
-    with pytest.raises(ValueError, match="dataset=.svhn. is unknown; choose one of digits, fashion_mnist, mnist, cifar10, cifar100"):
+    with pytest.raises(ValueError, match="dataset=.svhn. is unknown; choose one of cifar10, cifar100, digits, fashion_mnist, image_folder, mnist"):
         load_dataset("svhn", tmp_path)
 
 

@@ -3,6 +3,8 @@
 Every file is written in its genuine format under tmp_path; nothing is downloaded or mocked.
 """
 
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -12,8 +14,8 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from PIL import Image
 
+from adabatch.components import build, shipped, shipped_names
 from adabatch.data import (
-    SHIPPED_SOURCES,
     ArrayDataset,
     DatasetUnavailable,
     TrainingData,
@@ -55,9 +57,10 @@ def assert_stats(dataset: ArrayDataset, train_x: np.ndarray, max_value: float) -
 # --- shipped sources -----------------------------------------------------------------------------
 
 
-def test_shipped_sources_are_the_dataset_names_in_order():
-    assert tuple(SHIPPED_SOURCES) == ("digits", "fashion_mnist", "mnist", "cifar10", "cifar100")
-    assert SHIPPED_SOURCES["digits"] is digits and SHIPPED_SOURCES["mnist"] is mnist
+def test_shipped_sources_are_the_configs_of_the_dataset_group():
+    assert shipped_names("dataset") == (
+        "cifar10", "cifar100", "digits", "fashion_mnist", "image_folder", "mnist", "npz", "torchvision")
+    assert shipped("dataset", "digits") is digits and shipped("dataset", "mnist") is mnist
 
 
 def test_load_dataset_passes_data_dir_and_download_only_to_sources_taking_them(tmp_path, monkeypatch):
@@ -74,8 +77,9 @@ def test_load_dataset_passes_data_dir_and_download_only_to_sources_taking_them(t
     assert (by_name.name, by_name.mean, by_name.std) == ("mnist", (0.1307,), (0.3081,))
     # digits takes neither (test_data.py loads it by name); a source without them is called bare:
     calls = []
-    monkeypatch.setitem(SHIPPED_SOURCES, "bare", lambda: calls.append("bare") or direct)
-    assert load_dataset("bare", tmp_path, download=False) is direct and calls == ["bare"]
+    monkeypatch.setattr(sys.modules[__name__], "bare_source", lambda: calls.append("bare") or direct, raising=False)
+    bare = build("dataset", {"_target_": f"{__name__}.bare_source"}, offered={"data_dir": tmp_path, "download": False})
+    assert bare is direct and calls == ["bare"]
 
 
 @pytest.mark.parametrize("channels", [1, 3])

@@ -13,7 +13,9 @@ from omegaconf import OmegaConf
 from torch.func import functional_call, grad, vmap
 
 from adabatch.data import ArrayDataset
-from adabatch.models import build_model, model_from_config, model_options
+import inspect
+
+from adabatch.models import build_model, gpt, model_from_config
 from adabatch.models.gpt import GPT, gpt
 from adabatch.step import evaluation_totals
 from adabatch.tasks import TASKS, task_of
@@ -188,7 +190,7 @@ def test_datasets_declare_their_task():
 def test_registered_and_its_config_mirrors_the_builder():
     cfg = compose("dataset=text", "model=gpt")
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
-    assert set(model_cfg) - {"_target_", "name"} == set(model_options("gpt"))
+    assert set(model_cfg) - {"_target_", "name"} == {p.name for p in inspect.signature(gpt).parameters.values() if p.kind is p.KEYWORD_ONLY}
     model = model_from_config(model_cfg, (64,), 256)
     assert isinstance(model, GPT) and model.block_size == 64 and model.vocab_size == 256
     assert isinstance(build_model("gpt", (8,), 256, **TINY | {"block_size": 8}), GPT)

@@ -10,7 +10,10 @@ from opacus.validators import ModuleValidator
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
-from adabatch.models import MODELS, build_model, make_norm, model_options, register_opacus_samplers
+from adabatch.components import Parameters, shipped, shipped_names
+from adabatch.models import build_model, make_norm, register_opacus_samplers
+
+MODELS = shipped_names("model")
 from adabatch.models.vit import TokenEmbedding, _token_embedding_grad_sample
 
 TINY = {
@@ -138,22 +141,24 @@ def test_batch_norm_is_reported_by_opacus():
 def test_unknown_values_are_rejected():
     with pytest.raises(ValueError, match=r"model='resnet34' is unknown; choose one of .*resnet18"):
         build_model("resnet34", (3, 32, 32), 10)
-    with pytest.raises(ValueError, match=r"has no option\(s\) \['depth'\].*'width', 'groups'"):
+    with pytest.raises(ValueError, match=r"model.depth is not a parameter of .*resnet18.*; its parameters are width, groups"):
         build_model("resnet18", (3, 32, 32), 10, depth=3)
-    with pytest.raises(ValueError, match=r"has no option\(s\) \['groups'\].*\[\]"):
+    with pytest.raises(ValueError, match=r"model.groups is not a parameter of .*logistic_regression.*its parameters are none"):
         build_model("logistic", (1, 8, 8), 10, groups=4)
     with pytest.raises(ValueError, match="model.norm='layer' is unknown"):
         build_model("resnet18", (3, 32, 32), 10, norm="layer")
-    with pytest.raises(ValueError, match="patch 5"):
+    with pytest.raises(ValueError, match="model.patch=5 must divide the image size 32x32"):
         build_model("vit", (3, 32, 32), 10, patch=5)
     with pytest.raises(ValueError, match="1 or 3 input channels"):
         build_model("cnn", (2, 32, 32), 10)
 
 
 def test_model_options():
-    assert model_options("mlp") == ("hidden",)
-    assert model_options("resnet18") == ("width", "groups")
-    assert model_options("vit") == ("patch", "dim", "depth", "heads", "mlp_ratio", "dropout")
+    def options(name):
+        return tuple(Parameters(shipped("model", name)).named[2:])
+    assert options("mlp") == ("hidden",)
+    assert options("resnet18") == ("norm", "width", "groups")
+    assert options("vit") == ("patch", "dim", "depth", "heads", "mlp_ratio", "dropout")
 
 
 @pytest.mark.parametrize("name", IMAGE_MODELS)

@@ -140,10 +140,10 @@ def test_the_averages_survive_a_checkpoint():
     [
         ({"multiple": 0}, "batch_size.multiple=0 must be a number > 0"),
         ({"multiple": "x"}, "batch_size.multiple=x must be a number > 0"),
-        ({"ema": 1.0}, r"batch_size.ema=1.0 must be in \[0, 1\)"),
-        ({"ema": -0.1}, r"batch_size.ema=-0.1 must be in \[0, 1\)"),
-        ({"ema": True}, r"batch_size.ema=True must be in \[0, 1\)"),
-        ({"initial": 1}, "batch_size.initial=1 must be >= 2"),
+        ({"ema": 1.0}, r"batch_size.ema=1.0 must be a number in \[0, 1\)"),
+        ({"ema": -0.1}, r"batch_size.ema=-0.1 must be a number in \[0, 1\)"),
+        ({"ema": True}, r"batch_size.ema=True must be a number in \[0, 1\)"),
+        ({"initial": 1}, "batch_size.initial=1 must be an integer >= 2"),
         ({"eta": 0.5}, "batch_size.eta is not a parameter of adabatch.batch_size.noise_scale.NoiseScale"),
     ],
 )

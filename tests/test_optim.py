@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from adabatch.optim import OPTIMIZERS, AdaGradNorm, build_optimizer
+from adabatch.components import shipped_names
+from adabatch.optim import AdaGradNorm, build_optimizer
 
 
 def test_adagrad_norm_matches_a_float64_loop_over_steps():
@@ -42,7 +43,7 @@ def test_adagrad_norm_rejects_non_positive_v0():
         AdaGradNorm([torch.nn.Parameter(torch.ones(1))], initial_accumulator_value=0.0)
 
 
-@pytest.mark.parametrize("name", OPTIMIZERS)
+@pytest.mark.parametrize("name", shipped_names("optimizer"))
 def test_build_optimizer_by_name(name):
     params = [torch.nn.Parameter(torch.ones(2))]
     optimizer = build_optimizer({"name": name, "lr": 0.05}, params)

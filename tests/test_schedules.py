@@ -32,8 +32,10 @@ def test_linear_decay():
 
 
 def test_multistep_counts_milestones_in_samples():
-    schedule = build_schedule({"name": "multistep", "milestones": [300, 100], "gamma": 0.5})
+    schedule = build_schedule({"name": "multistep", "milestones": [100, 300], "gamma": 0.5})
     assert [schedule(s) for s in (0, 99, 100, 299, 300, 10**6)] == [1, 1, 0.5, 0.5, 0.25, 0.25]
+    with pytest.raises(ValueError, match=r"schedule.milestones=\[300, 100\] must be a list of strictly increasing"):
+        build_schedule({"name": "multistep", "milestones": [300, 100], "gamma": 0.5})
 
 
 def test_unknown_schedule():

@@ -8,20 +8,28 @@
 Some keys of a group configure the run, not the component (a display `name`, the optimizer's labels,
 the dataset's augmentation, the batch size's micro-batching and engine): they are not passed. The run
 also offers values a component may take (a policy's `budget`, a dataset source's `data_dir`): each is
-passed only to a target that has a parameter of that name. A config without `_target_` names a
-shipped component by its `name` (the shorthand of Python callers: `{"name": "norm", "eta": 0.1}`).
+passed only to a target that has a parameter of that name.
+
+There is one way to build: by `_target_`. The shipped components are the configs in configs/<group>/,
+each naming its `_target_`; no list in the code repeats them. A mapping without `_target_` (the
+shorthand of Python callers, `{"name": "norm", "eta": 0.1}`) takes the `_target_` of the shipped config
+of that name (configs/batch_size/norm.yaml), and is then built the same way.
 
 Every mistake a config can hold (a target that does not import, a key the target has no parameter for,
-a required key left out) is found before the call, and named in one line.
+a required key left out) is found before the call, and named in one line; the values themselves are
+checked by the target (adabatch.checks).
 """
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import hydra.utils
+import yaml
 from hydra.errors import InstantiationException
 
 from .errors import ConfigError, one_line
@@ -29,18 +37,33 @@ from .errors import ConfigError, one_line
 TARGET = "_target_"
 HYDRA_KEYS = ("_args_", "_partial_", "_recursive_", "_convert_")  # read by instantiate, not passed on
 MISSING = "???"  # OmegaConf's mandatory value, left by OmegaConf.to_container(resolve=True)
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"  # the repository's configs/, next to src/
 
 
-def build(group: str, config: Mapping[str, Any], *args: Any, shipped: Mapping[str, Callable[..., Any]],
-          run_keys: tuple[str, ...] = ("name",), offered: Mapping[str, Any] | None = None) -> Any:
+@functools.cache
+def shipped_targets(group: str) -> dict[str, str]:
+    """{config name: its `_target_`} of the shipped configs of `group`, configs/<group>/*.yaml."""
+    configs = {path.stem: yaml.safe_load(path.read_text()) for path in sorted((CONFIG_DIR / group).glob("*.yaml"))}
+    return {name: config[TARGET] for name, config in configs.items() if isinstance(config, dict) and TARGET in config}
+
+
+def shipped_names(group: str) -> tuple[str, ...]:
+    return tuple(shipped_targets(group))
+
+
+def shipped(group: str, name: str) -> Callable[..., Any]:
+    """The class or function that the shipped config configs/<group>/<name>.yaml names."""
+    return locate(group, {"name": name})
+
+
+def build(group: str, config: Mapping[str, Any], *args: Any, run_keys: tuple[str, ...] = ("name",),
+          offered: Mapping[str, Any] | None = None) -> Any:
     """Call the target of `config` (the `group` config of the run) with `args`, the config's keys but
     `run_keys`, and those of `offered` it has parameters for. A ValueError the target raises (a value out
     of its range) becomes a ConfigError naming the group; any other error is raised as the target raised it."""
-    target, options = check(group, config, *args, shipped=shipped, run_keys=run_keys, offered=offered)
-    try:
-        if isinstance(config.get(TARGET), str):  # the Hydra way, nested `_target_`s and `_partial_` included
-            return hydra.utils.instantiate({TARGET: config[TARGET], **options}, *args, _convert_="all")
-        return target(*args, **options)  # a shipped component by name
+    target, options = check(group, config, *args, run_keys=run_keys, offered=offered)
+    try:  # the Hydra way, nested `_target_`s and `_partial_` included
+        return hydra.utils.instantiate({TARGET: target_path(group, config), **options}, *args, _convert_="all")
     except Exception as error:
         raised = error.__cause__ if isinstance(error, InstantiationException) and error.__cause__ else error
         if isinstance(raised, ValueError):
@@ -51,11 +74,10 @@ def build(group: str, config: Mapping[str, Any], *args: Any, shipped: Mapping[st
         raise raised from None  # what the target raised, not Hydra's wrapper of it
 
 
-def check(group: str, config: Mapping[str, Any], *args: Any, shipped: Mapping[str, Callable[..., Any]],
-          run_keys: tuple[str, ...] = ("name",), offered: Mapping[str, Any] | None = None,
-          ) -> tuple[Callable[..., Any], dict[str, Any]]:
+def check(group: str, config: Mapping[str, Any], *args: Any, run_keys: tuple[str, ...] = ("name",),
+          offered: Mapping[str, Any] | None = None) -> tuple[Callable[..., Any], dict[str, Any]]:
     """What `build` would call, and with which keyword arguments, without calling it; or a ConfigError."""
-    target = locate(group, config, shipped)
+    target = locate(group, config)
     options = {key: value for key, value in config.items() if key not in run_keys and key != TARGET}
     hydra_keys = {key: options.pop(key) for key in HYDRA_KEYS if key in options}
     for key, value in options.items():
@@ -83,14 +105,22 @@ def check(group: str, config: Mapping[str, Any], *args: Any, shipped: Mapping[st
     return target, {**options, **hydra_keys}
 
 
-def locate(group: str, config: Mapping[str, Any], shipped: Mapping[str, Callable[..., Any]]) -> Callable[..., Any]:
-    if TARGET not in config:
-        name = config.get("name")
-        if name not in shipped:
-            raise ConfigError(f"{group}={name!r} is unknown; choose one of {', '.join(shipped)}, "
-                              f"or name your own class or function in {group}._target_")
-        return shipped[name]
-    path = config[TARGET]
+def target_path(group: str, config: Mapping[str, Any]) -> str | Callable[..., Any]:
+    """The `_target_` of `config`, else that of the shipped config it names."""
+    if TARGET in config:
+        return config[TARGET]
+    targets, name = shipped_targets(group), config.get("name")
+    if name not in targets:
+        where = "" if CONFIG_DIR.is_dir() else f" (no {CONFIG_DIR}: the shipped configs are read from the repository)"
+        raise ConfigError(f"{group}={name!r} is unknown{where}; choose one of {', '.join(targets)}, "
+                          f"or name your own class or function in {group}._target_")
+    return targets[name]
+
+
+def locate(group: str, config: Mapping[str, Any]) -> Callable[..., Any]:
+    """The class or function of `config`: its `_target_`, else that of the shipped config it names."""
+    path = target_path(group, config)
+    targets, name = shipped_targets(group), config.get("name")
     try:
         target = get_object(path) if isinstance(path, str) else path
     except Exception as error:  # Hydra's message for a missing module or attribute spans several lines
@@ -99,10 +129,10 @@ def locate(group: str, config: Mapping[str, Any], shipped: Mapping[str, Callable
                           "or function, and put its package on PYTHONPATH (or install it)") from None
     if not callable(target):
         raise ConfigError(f"{group}._target_={path} is a {type(target).__name__}, not a class or function")
-    name = config.get("name")
-    if name in shipped and shipped[name] is not target:  # `name` labels a component, it does not choose one
-        raise ConfigError(f"{group}.name={name} is the name of the shipped {path_of(shipped[name])}, not of "
-                          f"{group}._target_={path}; choose a component with {group}=<config name>, and give your "
+    if TARGET in config and name in targets and get_object(targets[name]) is not target:
+        # `name` labels a component, it does not choose one
+        raise ConfigError(f"{group}.name={name} is the name of the shipped {path_of(get_object(targets[name]))}, not "
+                          f"of {group}._target_={path}; choose a component with {group}=<config name>, and give your "
                           "own a name of its own")
     return target
 

@@ -1,4 +1,4 @@
-"""Optimizers by config name, including the paper's scalar AdaGrad-Norm."""
+"""The optimizer from its config (configs/optimizer/), including the paper's scalar AdaGrad-Norm."""
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
@@ -6,9 +6,10 @@ from typing import Any
 
 import torch
 
-from .components import build
+from . import checks
+from .components import build, locate
+from .errors import ConfigError
 from .run_keys import run_keys
-
 
 
 class AdaGradNorm(torch.optim.Optimizer):
@@ -25,14 +26,9 @@ class AdaGradNorm(torch.optim.Optimizer):
         initial_accumulator_value: float = 1e-10,
         weight_decay: float = 0.0,
     ) -> None:
-        if lr <= 0:
-            raise ValueError(f"optimizer.lr={lr} must be > 0")
-        if initial_accumulator_value <= 0:
-            raise ValueError(
-                f"optimizer.initial_accumulator_value={initial_accumulator_value} must be > 0 (v_0 of AdaGrad-Norm)"
-            )
-        if weight_decay < 0:
-            raise ValueError(f"optimizer.weight_decay={weight_decay} must be >= 0")
+        checks.positive("optimizer.lr", lr)
+        checks.positive("optimizer.initial_accumulator_value", initial_accumulator_value, why="v_0 of AdaGrad-Norm")
+        checks.number("optimizer.weight_decay", weight_decay, 0)
         defaults = dict(lr=lr, initial_accumulator_value=initial_accumulator_value, weight_decay=weight_decay)
         super().__init__(params, defaults)
 
@@ -75,18 +71,38 @@ class AdaGradNorm(torch.optim.Optimizer):
         return loss
 
 
-SHIPPED_OPTIMIZERS = {
-    "adagrad": torch.optim.Adagrad,
-    "adagrad_norm": AdaGradNorm,
-    "adam": torch.optim.Adam,
-    "adamw": torch.optim.AdamW,
-    "sgd": torch.optim.SGD,
-    "sgdm": torch.optim.SGD,
+def betas(key: str, value: Any) -> Any:
+    if not (isinstance(value, (list, tuple)) and len(value) == 2 and all(
+            checks.is_number(b) and 0 <= b < 1 for b in value)):
+        checks.refuse(key, list(value) if isinstance(value, tuple) else value, "two numbers in [0, 1)")
+    return value
+
+
+# torch.optim's constructors are not ours, and check less (lr=0, momentum=1.5 and lr="abc" get through or fail
+# with a traceback): their hyperparameters are checked here, in front of them, each by name.
+TORCH_HYPERPARAMETERS = {
+    "lr": checks.positive,
+    "eps": lambda key, value: checks.number(key, value, 0),
+    "weight_decay": lambda key, value: checks.number(key, value, 0),
+    "initial_accumulator_value": lambda key, value: checks.number(key, value, 0),
+    "lr_decay": lambda key, value: checks.number(key, value, 0),
+    "momentum": checks.fraction,
+    "dampening": lambda key, value: checks.number(key, value, 0, 1),
+    "betas": betas,
+    "nesterov": checks.switch,
+    "amsgrad": checks.switch,
 }
-OPTIMIZERS = tuple(SHIPPED_OPTIMIZERS)
+
 
 def build_optimizer(cfg: Mapping[str, Any], params: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
-    """The optimizer of config `cfg` (its `_target_`, or the shipped one named `cfg["name"]`) over `params`;
-    the keys but the labels are its hyperparameters."""
-    return build("optimizer", cfg, params, shipped=SHIPPED_OPTIMIZERS, run_keys=run_keys("optimizer"))
+    """The optimizer of config `cfg` (its `_target_`, or that of configs/optimizer/<cfg["name"]>.yaml) over
+    `params`; the keys but the labels are its hyperparameters."""
+    if getattr(locate("optimizer", cfg), "__module__", "").startswith("torch.optim"):
+        for key, value in cfg.items():
+            try:
+                if key in TORCH_HYPERPARAMETERS:
+                    TORCH_HYPERPARAMETERS[key](f"optimizer.{key}", value)
+            except ValueError as error:
+                raise ConfigError(str(error)) from None
+    return build("optimizer", cfg, params, run_keys=run_keys("optimizer"))
 

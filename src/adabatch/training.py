@@ -54,7 +54,12 @@ class Experiment:
 
 
 def build_experiment(cfg: DictConfig, world: World = SINGLE_PROCESS) -> Experiment:
+    """The experiment of `cfg`, after checking it (`train` checks once, before it takes the run directory)."""
     check_config(cfg, world)
+    return build_checked_experiment(cfg, world)
+
+
+def build_checked_experiment(cfg: DictConfig, world: World) -> Experiment:
     device = resolve_device(cfg.device, world.local_rank)
     torch.manual_seed(cfg.seed)
     with world.main_first():  # rank 0 downloads what is missing; the others then find it
@@ -137,7 +142,7 @@ def _train(cfg: DictConfig, run_dir: Path, world: World) -> dict[str, Any]:
     start = how_to_start(cfg, run_dir)
     if start == "ended":
         return {**read_summary(run_dir), "already_ended": True}
-    exp = build_experiment(cfg, world)
+    exp = build_checked_experiment(cfg, world)
     if start == "fresh" and world.is_main:
         remove_earlier_run(run_dir)
     # Read once: an OmegaConf access resolves interpolations each time, which costs more than a small step.

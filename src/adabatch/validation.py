@@ -1,33 +1,73 @@
-"""Check a composed config before anything is loaded or written: every rejection is one line naming
-the key, the value and what is allowed.
+"""Check a composed config once per run, before anything is loaded or written: every rejection is one
+line naming the key, the value and what is allowed.
 
-`check_config` builds the cheap components (policy, schedule, optimizer on a stand-in parameter) and
-checks that the model's and the dataset's targets can be called with their keys, so it rejects what
-building the run would reject, only earlier. The model's shapes come from the data: `check_model`
-checks the built model, after the data is loaded and before anything is written.
+Each value is checked in one place. A component's values are checked by the component itself
+(adabatch.checks, called by its constructor): `check_config` builds the cheap components (policy,
+schedule, optimizer on a stand-in parameter, augmentation), so their checks run now, and checks that
+the model's and the dataset's targets can be called with their keys; the model and the dataset check
+their values when they are built (after the data is loaded, still before anything is written).
+Checked here are the run's own keys, which no component takes (RUN_SETTINGS: train.*, seed, resume,
+...), and the checks that span groups (`check_across_groups`); `check_model` checks the built model
+for the run's policy.
 """
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from .batch_size import POLICY_CLASSES, AdaptiveTest, BatchSizePolicy, build_policy
-from .config_ranges import check_ranges
-from .data import AUGMENTATIONS, SHIPPED_SOURCES
+from . import checks
+from .batch_size import AdaptiveTest, BatchSizePolicy, build_policy
+from .data import build_augmentation
 from .data.from_config import check_dataset_config
 from .device import autocast, resolve_device
 from .distributed import World
 from .errors import ConfigError
-from .models import MODELS, check_model_config
-from .optim import SHIPPED_OPTIMIZERS, build_optimizer
-from .schedules import SHIPPED_SCHEDULES, build_schedule
+from .models import check_model_config
+from .optim import build_optimizer
+from .schedules import build_schedule
 from .stats import ENGINES, build_engine
 
 __all__ = ["ConfigError", "check_config", "check_model", "plain"]
 
+SEED_LIMIT = 2**64  # torch's generators take 64-bit seeds
 RESUME_MODES = ("auto", "never", "must")
-SHIPPED_NAMES = {"dataset": SHIPPED_SOURCES, "model": MODELS, "optimizer": SHIPPED_OPTIMIZERS,
-                 "schedule": SHIPPED_SCHEDULES, "batch_size": POLICY_CLASSES}  # whose keys config_ranges knows
+LOGGERS = ("none", "wandb")  # configs/logger/: what reporting.Reporter logs to besides the run's own files
+AUTO = "auto"  # batch_size.max_micro=auto (micro_batch.AUTO; not imported, so that the run package may import this)
+
+
+def at_least_one(key: str, value: Any) -> int:
+    return checks.integer(key, value, 1)
+
+
+def max_micro(key: str, value: Any) -> Any:
+    if value != AUTO and not (checks.is_integer(value) and value >= 1):
+        checks.refuse(key, value, "an integer >= 1 or auto")
+    return value
+
+
+def memory_gb(key: str, value: Any) -> Any:
+    if value is not None and not (checks.is_number(value) and value > 0):
+        checks.refuse(key, value, "a number of GiB > 0, or null (the device's free memory)")
+    return value
+
+
+# The run's own keys, which no component's constructor takes: each one's check.
+RUN_SETTINGS: dict[str, Callable[[str, Any], Any]] = {
+    "seed": lambda key, value: checks.integer(key, value, 0, SEED_LIMIT - 1),
+    "resume": lambda key, value: checks.one_of(key, value, RESUME_MODES),
+    "logger.name": lambda key, value: checks.one_of(key, value, LOGGERS),
+    **{f"train.{key}": at_least_one for key in ("samples", "eval_every", "eval_batch_size", "log_every", "checkpoint_every")},
+    "train.eval_first": lambda key, value: checks.optional_integer(key, value, 1, "none"),
+    "train.eval_train_examples": lambda key, value: checks.optional_integer(key, value, 1, "all"),
+    "train.progress_every_s": lambda key, value: checks.number(key, value, 0, unit="seconds", why="0 gives a line every step"),
+    "train.compile": checks.switch,
+    "train.save_model": checks.switch,
+    "batch_size.max_micro": max_micro,
+    "batch_size.max_micro_memory_gb": memory_gb,
+}
 
 
 def plain(node: DictConfig) -> dict:
@@ -35,6 +75,7 @@ def plain(node: DictConfig) -> dict:
 
 
 def check_config(cfg: DictConfig, world: World) -> None:
+    """Refuse the first bad value of `cfg` (a ConfigError of one line); call it once per run."""
     try:
         _check(cfg, world)
     except ConfigError:
@@ -44,35 +85,29 @@ def check_config(cfg: DictConfig, world: World) -> None:
 
 
 def _check(cfg: DictConfig, world: World) -> None:
-    train = cfg.train
-    for key in ("samples", "eval_every", "eval_batch_size", "log_every", "checkpoint_every"):
-        at_least(f"train.{key}", train[key], 1)
-    if train.eval_first is not None:
-        at_least("train.eval_first", train.eval_first, 1)
-    check_ranges(cfg, SHIPPED_NAMES)
-    choice("resume", cfg.resume, RESUME_MODES)
-    if cfg.batch_size.max_micro != "auto":
-        at_least("batch_size.max_micro", cfg.batch_size.max_micro, 1, alternative="or auto")
-    memory_gb = cfg.batch_size.max_micro_memory_gb
-    if memory_gb is not None and (isinstance(memory_gb, bool) or not isinstance(memory_gb, (int, float)) or memory_gb <= 0):
-        raise ConfigError(f"batch_size.max_micro_memory_gb={memory_gb} must be a number of GiB > 0, "
-                          "or null (the device's free memory)")
-
+    for key, check in RUN_SETTINGS.items():
+        node = OmegaConf.select(cfg, key, default=None)
+        check(key, OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node)
     check_dataset_config(plain(cfg.dataset), cfg.data_dir)
-    choice("dataset.augmentation", cfg.dataset.augmentation, AUGMENTATIONS)
+    build_augmentation(cfg.dataset.augmentation)
     device = resolve_device(cfg.device, world.local_rank)
-    autocast(device, train.precision)
+    autocast(device, cfg.train.precision)
     build_schedule(plain(cfg.schedule))
     build_optimizer(plain(cfg.optimizer), [torch.nn.Parameter(torch.zeros(1))])
-    policy = build_policy(plain(cfg.batch_size), budget=train.samples)
+    policy = build_policy(plain(cfg.batch_size), budget=cfg.train.samples)
+    check_model_config(plain(cfg.model))
+    check_across_groups(cfg, policy, world)
+
+
+def check_across_groups(cfg: DictConfig, policy: BatchSizePolicy, world: World) -> None:
+    """The checks of one key against another group's: the batch against the ranks, the engine for a test."""
     if policy.initial < world.size:
         raise ConfigError(
             f"batch_size.initial={policy.initial} gives some of the {world.size} ranks no example; "
             f"raise batch_size.initial to at least {world.size} or run fewer processes"
         )
-    check_model_config(plain(cfg.model))
     if isinstance(policy, AdaptiveTest):
-        choice("batch_size.engine", cfg.batch_size.engine, ENGINES)
+        checks.one_of("batch_size.engine", cfg.batch_size.engine, ENGINES)
 
 
 def check_model(model: torch.nn.Module, policy: BatchSizePolicy, cfg: DictConfig) -> None:
@@ -107,12 +142,3 @@ def refuse_dropout_under_vmap(model: torch.nn.Module, cfg: DictConfig) -> None:
             "vmap draws other masks than the step; use batch_size.engine=ghost or opacus, or model.dropout=0"
         )
 
-
-def at_least(key: str, value, minimum: int, alternative: str = "") -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ConfigError(f"{key}={value} must be an integer >= {minimum}{' ' + alternative if alternative else ''}")
-
-
-def choice(key: str, value, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ConfigError(f"{key}={value!r} is unknown; choose one of {', '.join(allowed)}")

@@ -49,7 +49,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from adabatch.batch_size import POLICY_CLASSES
+from adabatch.components import shipped
 from adabatch.data import ArrayDataset, TrainingData, build_augmentation
 from adabatch.device import autocast as make_autocast
 from adabatch.device import describe, synchronize
@@ -178,7 +178,7 @@ class Bench:
             if name in PER_EXAMPLE_ENGINES and per_example_bytes > self.args.memory_fraction * free_bytes(self.device):
                 skipped[(name, test)] = f"needs ~{per_example_bytes / 2**30:.0f} GiB of per-example gradients"
                 continue
-            needs = POLICY_CLASSES[test].needs
+            needs = shipped("batch_size", test).needs
             if name in ANCHORS:
                 steps[(name, test)] = lambda e=engine, n=needs: anchor_step(e, data, batch, n, autocast)
             else:

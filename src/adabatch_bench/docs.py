@@ -23,7 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from adabatch.analysis import group_runs, load_runs
-from adabatch.batch_size import POLICY_CLASSES, AdaptiveTest
+from adabatch.batch_size import AdaptiveTest
+from adabatch.components import shipped
 from adabatch.analysis.figures import row_methods
 from adabatch_bench import ROOT
 from adabatch_bench import summary as bench
@@ -83,7 +84,7 @@ def results_cpu() -> str:
         own = row_methods(experiment)
         left_out = len(experiment.methods) - len(own)
         folder = CPU_RESULTS / experiment.slug
-        policy = lambda m: POLICY_CLASSES[m.config["batch_size"]["name"]]  # noqa: E731
+        policy = lambda m: shipped("batch_size", m.config["batch_size"]["name"])  # noqa: E731
         tested = [m.label for m in experiment.methods if issubclass(policy(m), AdaptiveTest)]
         constant = [m.label for m in experiment.methods if m.config["batch_size"]["name"] == "constant"]
         best = (f"Best final accuracy of all {len(experiment.methods)} methods, frontier included: with a test, "

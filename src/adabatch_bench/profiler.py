@@ -30,7 +30,7 @@ from collections import defaultdict
 
 import torch
 
-from adabatch.batch_size import POLICY_CLASSES
+from adabatch.components import shipped
 from adabatch.device import describe
 from adabatch.stats import build_engine, gradient_with_statistics
 from adabatch.stats.ghost import Capture
@@ -146,7 +146,7 @@ def main() -> None:
     model = build_config_model(args.model)
     engine = build_engine(args.engine, copy.deepcopy(model))
     data = random_cifar(args.size, device)
-    batch, needs = data.draw(args.size), POLICY_CLASSES[args.test].needs
+    batch, needs = data.draw(args.size), shipped("batch_size", args.test).needs
     plain, tested, bare = [], [], []
     with LayerClock() as clock:
         for round_ in range(1 + args.rounds):  # round 0 warms up

@@ -11,23 +11,12 @@ from .base import BatchSizePolicy, Decision, grow
 from .fixed import Constant, LinearRamp, Stagewise
 from .noise_scale import NoiseScale
 
-POLICY_CLASSES: dict[str, type[BatchSizePolicy]] = {
-    "constant": Constant,
-    "linear_ramp": LinearRamp,
-    "stagewise": Stagewise,
-    "norm": NormTest,
-    "inner_product": InnerProductTest,
-    "augmented_inner_product": AugmentedInnerProductTest,
-    "coordinate_norm": CoordinateNormTest,
-    "gns": NoiseScale,
-}
-POLICIES = tuple(POLICY_CLASSES)
 
 def build_policy(cfg: Mapping[str, Any], budget: int, population: int | None = None) -> BatchSizePolicy:
-    """The policy of config `cfg`: its `_target_`, or the shipped one named `cfg["name"]`. A policy that
+    """The policy of config `cfg`: its `_target_`, or that of configs/batch_size/<cfg["name"]>.yaml. A policy that
     has parameters named so gets the run's `budget` (samples) and `population`, the training set's size,
     for the tests' optional finite-population correction (cap the batch sizes at it first: `cap_batch_sizes`)."""
-    return build("batch_size", cfg, shipped=POLICY_CLASSES, run_keys=run_keys("batch_size"),
+    return build("batch_size", cfg, run_keys=run_keys("batch_size"),
                  offered={"budget": budget, "population": population})
 
 
@@ -45,4 +34,7 @@ def cap_batch_sizes(options: Mapping[str, Any], population: int) -> tuple[dict[s
     return capped, asked
 
 
-__all__ = ["AdaptiveTest", "BatchSizePolicy", "Decision", "POLICIES", "build_policy", "cap_batch_sizes", "grow"]
+__all__ = [
+    "AdaptiveTest", "AugmentedInnerProductTest", "BatchSizePolicy", "Constant", "CoordinateNormTest", "Decision",
+    "InnerProductTest", "LinearRamp", "NoiseScale", "NormTest", "Stagewise", "build_policy", "cap_batch_sizes", "grow",
+]

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from ..checks import integer, number, one_of, positive, switch
 from ..stats import BatchStatistics, Needs
 from ..stats.statistics import IP_MODES
 from .base import BatchSizePolicy, Decision, grow
@@ -26,12 +27,6 @@ def ratio(numerator: float, denominator: float) -> float:
     if numerator <= 0:
         return 0.0
     return numerator / denominator if denominator > 0 else math.inf
-
-
-def positive(name: str, value: float) -> float:
-    if not value > 0:
-        raise ValueError(f"batch_size.{name}={value} must be > 0")
-    return value
 
 
 class AdaptiveTest(BatchSizePolicy):
@@ -47,17 +42,10 @@ class AdaptiveTest(BatchSizePolicy):
         population: int | None = None,
     ) -> None:
         super().__init__(initial, max)
-        if initial < 2:
-            raise ValueError(f"batch_size.initial={initial} must be >= 2: the tests need a sample variance")
-        if interval < 1:
-            raise ValueError(f"batch_size.interval={interval} must be >= 1")
-        if ip_mode not in IP_MODES:
-            raise ValueError(f"batch_size.ip_mode={ip_mode!r} is unknown; choose one of {', '.join(IP_MODES)}")
-        if not isinstance(finite_population, bool):
-            raise ValueError(f"batch_size.finite_population={finite_population!r} must be true or false")
-        self.interval = interval
-        self.ip_mode = ip_mode
-        self.finite_population = finite_population
+        integer("batch_size.initial", initial, 2, why="the tests need a sample variance")
+        self.interval = integer("batch_size.interval", interval, 1)
+        self.ip_mode = one_of("batch_size.ip_mode", ip_mode, IP_MODES)
+        self.finite_population = switch("batch_size.finite_population", finite_population)
         self.population = population
 
     def wants_statistics(self, step: int, batch_size: int) -> bool:
@@ -97,7 +85,7 @@ class NormTest(AdaptiveTest):
 
     def __init__(self, initial: int, max: int, eta: float, **options) -> None:  # noqa: A002
         super().__init__(initial, max, **options)
-        self.eta = positive("eta", eta)
+        self.eta = positive("batch_size.eta", eta)
 
     def propose(self, s):
         rhs = self.eta**2 * s.grad_sq_norm
@@ -111,7 +99,7 @@ class InnerProductTest(AdaptiveTest):
 
     def __init__(self, initial: int, max: int, theta: float, **options) -> None:  # noqa: A002
         super().__init__(initial, max, **options)
-        self.theta = positive("theta", theta)
+        self.theta = positive("batch_size.theta", theta)
 
     def propose(self, s):
         rhs = self.theta**2 * s.grad_sq_norm**2
@@ -125,8 +113,8 @@ class AugmentedInnerProductTest(AdaptiveTest):
 
     def __init__(self, initial: int, max: int, theta: float, nu: float, **options) -> None:  # noqa: A002
         super().__init__(initial, max, **options)
-        self.theta = positive("theta", theta)
-        self.nu = positive("nu", nu)
+        self.theta = positive("batch_size.theta", theta)
+        self.nu = positive("batch_size.nu", nu)
 
     def propose(self, s):
         rhs_ip = self.theta**2 * s.grad_sq_norm**2
@@ -150,10 +138,8 @@ class CoordinateNormTest(AdaptiveTest):
 
     def __init__(self, initial: int, max: int, eta: float, quantile: float = 1.0, **options) -> None:  # noqa: A002
         super().__init__(initial, max, **options)
-        self.eta = positive("eta", eta)
-        if not 0 < quantile <= 1:
-            raise ValueError(f"batch_size.quantile={quantile} must be in (0, 1]; 1.0 is the paper's max rule")
-        self.quantile = quantile
+        self.eta = positive("batch_size.eta", eta)
+        self.quantile = number("batch_size.quantile", quantile, 0, 1, low_open=True, why="1.0 is the paper's max rule")
 
     def propose(self, s):
         var = torch.cat([v.flatten() for v in s.coord_var])

@@ -6,6 +6,8 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..checks import integer
+
 
 @dataclass(frozen=True)
 class Decision:
@@ -24,8 +26,8 @@ def grow(current: int, proposal: float, maximum: int) -> int:
 
 class BatchSizePolicy(ABC):
     def __init__(self, initial: int, max: int) -> None:  # noqa: A002 - mirrors the config key
-        if initial < 1:
-            raise ValueError(f"batch_size.initial={initial} must be >= 1")
+        integer("batch_size.initial", initial, 1)
+        integer("batch_size.max", max, 1)
         if max < initial:
             raise ValueError(f"batch_size.max={max} is below batch_size.initial={initial}; raise max or lower initial")
         self.initial = initial

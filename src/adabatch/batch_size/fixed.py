@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from ..checks import increasing_integers, integer, refuse
 from .base import BatchSizePolicy, Decision
 
 
@@ -19,9 +20,7 @@ class LinearRamp(BatchSizePolicy):
 
     def __init__(self, initial: int, max: int, increment: int) -> None:  # noqa: A002
         super().__init__(initial, max)
-        if increment < 1:
-            raise ValueError(f"batch_size.increment={increment} must be >= 1")
-        self.increment = increment
+        self.increment = integer("batch_size.increment", increment, 1)
 
     def decide(self, *, step, samples, batch_size, statistics=None) -> Decision:
         return Decision(min(self.max, batch_size + self.increment))
@@ -35,13 +34,16 @@ class Stagewise(BatchSizePolicy):
 
     def __init__(self, initial: int, max: int, budget: int, stages: Sequence[int] | None = None) -> None:  # noqa: A002
         super().__init__(initial, max)
+        if stages is not None:
+            allowed = "null (doubling from batch_size.initial) or a non-empty list of non-decreasing integers >= 1"
+            if not stages:
+                refuse("batch_size.stages", stages, allowed)
+            increasing_integers("batch_size.stages", stages, 1, strictly=False, allowed=allowed)
         self.stages = list(stages) if stages else doubling(initial, max)
         if self.stages[0] != initial or any(b > max for b in self.stages):
             raise ValueError(
                 f"batch_size.stages={self.stages} must start at batch_size.initial={initial} and stay <= max={max}"
             )
-        if any(b < a for a, b in zip(self.stages, self.stages[1:])):
-            raise ValueError(f"batch_size.stages={self.stages} must be non-decreasing")
         self.budget = budget
 
     def decide(self, *, step, samples, batch_size, statistics=None) -> Decision:

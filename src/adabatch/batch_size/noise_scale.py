@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..checks import fraction, positive
 from ..stats import BatchStatistics
 from .adaptive import AdaptiveTest, ratio
 
@@ -27,12 +28,8 @@ from .adaptive import AdaptiveTest, ratio
 class NoiseScale(AdaptiveTest):
     def __init__(self, initial: int, max: int, multiple: float = 1.0, ema: float = 0.9, **options) -> None:  # noqa: A002
         super().__init__(initial, max, **options)
-        if not is_number(multiple) or not multiple > 0:
-            raise ValueError(f"batch_size.multiple={multiple} must be a number > 0: the batch grows to multiple x B_simple")
-        if not is_number(ema) or not 0 <= ema < 1:
-            raise ValueError(f"batch_size.ema={ema} must be in [0, 1): the weight of the past in the moving averages")
-        self.multiple = multiple
-        self.ema = ema
+        self.multiple = positive("batch_size.multiple", multiple, why="the batch grows to multiple x B_simple")
+        self.ema = fraction("batch_size.ema", ema)  # the weight of the past in the moving averages
         self.noise_sum = 0.0   # the moving average of tr(Σ)^, before bias correction
         self.signal_sum = 0.0  # ... of ‖G‖²^
         self.updates = 0
@@ -56,7 +53,3 @@ class NoiseScale(AdaptiveTest):
             "grad_sq_est": signal, "norm_var_avg": noise_avg, "grad_sq_est_avg": signal_avg, "noise_scale": noise_scale,
             "test_lhs": noise_avg / s.batch_size, "test_rhs": signal_avg / self.multiple,
         }
-
-
-def is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)

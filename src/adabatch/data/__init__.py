@@ -1,10 +1,10 @@
 """Datasets, seeded index streams, device-side augmentation and micro-batching.
 
 Dataset sources (each returns an ArrayDataset; a config builds one with `_target_: adabatch.data.<name>`):
-digits, mnist, fashion_mnist, cifar10, cifar100 (SHIPPED_SOURCES, also by name through load_dataset),
-npz, image_folder, torchvision and text (token windows of a UTF-8 file). The functions npz, image_folder
-and text hide the submodules of the same name as attributes of this package: import those modules with
-`from adabatch.data.npz import ...`.
+digits, mnist, fashion_mnist, cifar10, cifar100, npz, image_folder, torchvision and text (token windows
+of a UTF-8 file), also by the name of their config in configs/dataset/ through load_dataset. The
+functions npz, image_folder and text hide the submodules of the same name as attributes of this
+package: import those modules with `from adabatch.data.npz import ...`.
 """
 
 from adabatch.data.augment import AUGMENTATIONS, Augmentation, CropFlip, FlipResizedCrop, build_augmentation
@@ -12,7 +12,6 @@ from adabatch.data.batches import Batch, Examples, Layout, TrainingData, evaluat
 from adabatch.data.image_folder import image_folder
 from adabatch.data.npz import npz
 from adabatch.data.sources import (
-    SHIPPED_SOURCES,
     ArrayDataset,
     DatasetUnavailable,
     cifar10,
@@ -37,7 +36,6 @@ __all__ = [
     "FlipResizedCrop",
     "IndexStream",
     "Layout",
-    "SHIPPED_SOURCES",
     "TextDataset",
     "TrainingData",
     "build_augmentation",

@@ -1,5 +1,5 @@
 """The run's dataset from its config group: the config's `_target_` (a source: any function returning an
-ArrayDataset), or the shipped dataset named `name`."""
+ArrayDataset), or that of configs/dataset/<name>.yaml."""
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -9,7 +9,7 @@ from typing import Any
 from ..components import build, check
 from ..errors import ConfigError
 from ..run_keys import run_keys
-from .sources import SHIPPED_SOURCES, ArrayDataset
+from .sources import ArrayDataset
 
 
 def dataset_from_config(cfg: Mapping[str, Any], data_dir: str | Path) -> ArrayDataset:
@@ -27,4 +27,4 @@ def check_dataset_config(cfg: Mapping[str, Any], data_dir: str | Path) -> None:
 
 
 def source_arguments(data_dir: str | Path) -> dict[str, Any]:
-    return {"shipped": SHIPPED_SOURCES, "run_keys": run_keys("dataset"), "offered": {"data_dir": str(data_dir)}}
+    return {"run_keys": run_keys("dataset"), "offered": {"data_dir": str(data_dir)}}

@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import pickle
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -20,6 +19,7 @@ from typing import ClassVar
 import numpy as np
 import torch
 
+from ..checks import switch
 from ..components import build
 
 # Debian package `dataset-fashion-mnist`; module-level so tests can redirect it.
@@ -84,8 +84,8 @@ class ArrayDataset:
 
 
 def load_dataset(name: str, data_dir: str | Path, download: bool = True) -> ArrayDataset:
-    """The shipped source called `name`, given `data_dir` and `download` where it takes them."""
-    return build("dataset", {"name": name}, shipped=SHIPPED_SOURCES, offered={"data_dir": data_dir, "download": download})
+    """The source of configs/dataset/<name>.yaml, given `data_dir` and `download` where it takes them."""
+    return build("dataset", {"name": name}, offered={"data_dir": data_dir, "download": download})
 
 
 # Above this many elements, channel_stats works through the images in chunks of about this size.
@@ -228,6 +228,7 @@ def _load_idx_dataset(
     mean: tuple[float, ...],
     std: tuple[float, ...],
 ) -> ArrayDataset:
+    switch("dataset.download", download)
     directory = next((d for d in search_dirs if _has_idx_files(d)), None)
     if directory is None:
         looked = " and ".join(str(d) for d in search_dirs)
@@ -334,6 +335,7 @@ def _read_cifar_files(directory: Path, files: tuple[str, ...], label_key: str) -
 
 
 def _load_cifar(name: str, data_dir: Path, download: bool) -> ArrayDataset:
+    switch("dataset.download", download)
     layout = _CIFAR[name]
     directory = data_dir / layout.folder
     if not all((directory / file).is_file() for file in layout.train_files + layout.test_files):
@@ -354,12 +356,3 @@ def cifar100(data_dir: str | Path, download: bool = True) -> ArrayDataset:
     """CIFAR-100 (fine labels) from data_dir/cifar-100-python, downloaded there when missing."""
     return _load_cifar("cifar100", Path(data_dir), download)
 
-
-# The shipped sources by dataset name; load_dataset and configs without a `_target_` pick from these.
-SHIPPED_SOURCES: dict[str, Callable[..., ArrayDataset]] = {
-    "digits": digits,
-    "fashion_mnist": fashion_mnist,
-    "mnist": mnist,
-    "cifar10": cifar10,
-    "cifar100": cifar100,
-}

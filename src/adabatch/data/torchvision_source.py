@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from adabatch.checks import switch
 from adabatch.components import Parameters
 from adabatch.data.sources import ArrayDataset, DatasetUnavailable, channel_stats
 from adabatch.errors import one_line
@@ -36,6 +37,7 @@ def torchvision(
     images or tensors). num_classes is len(.classes), else .num_classes, else the largest label
     plus one. Every failure raises DatasetUnavailable with a one-line message.
     """
+    switch("dataset.download", download)
     dataset_class = _dataset_class(class_name)
     options = _plain_options(options)
     accepted = Parameters(dataset_class).named  # following **kwargs into the bases: EMNIST passes train on to MNIST

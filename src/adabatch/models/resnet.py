@@ -8,6 +8,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from adabatch.checks import integer
 from adabatch.models.norm import make_norm
 
 STAGE_STRIDES = (1, 2, 2, 2)
@@ -109,17 +110,17 @@ class ResNet(nn.Module):
 def resnet18(
     input_shape: tuple[int, int, int], num_classes: int, *, norm: str, width: int = 64, groups: int = 32
 ) -> ResNet:
-    _check_width(width)
+    _check_widths(width, groups)
     return ResNet(BasicBlock, (2, 2, 2, 2), input_shape[0], num_classes, norm, width, groups)
 
 
 def resnet50(
     input_shape: tuple[int, int, int], num_classes: int, *, norm: str, width: int = 64, groups: int = 32
 ) -> ResNet:
-    _check_width(width)
+    _check_widths(width, groups)
     return ResNet(Bottleneck, (3, 4, 6, 3), input_shape[0], num_classes, norm, width, groups)
 
 
-def _check_width(width: int) -> None:
-    if width < 1:
-        raise ValueError(f"width must be >= 1, got {width}")
+def _check_widths(width: int, groups: int) -> None:
+    integer("model.width", width, 1)
+    integer("model.groups", groups, 1)

@@ -12,6 +12,8 @@ import sys
 import torch
 from torch import nn
 
+from adabatch.checks import fraction, integer, positive
+
 
 def _dropout(p: float) -> nn.Module:
     # Identity instead of Dropout(0): vmap refuses random ops unless told how to batch them.
@@ -141,15 +143,15 @@ def vit(
     mlp_ratio: float = 2.0,
     dropout: float = 0.0,
 ) -> ViT:
+    for key, value in (("patch", patch), ("dim", dim), ("depth", depth), ("heads", heads)):
+        integer(f"model.{key}", value, 1)
+    positive("model.mlp_ratio", mlp_ratio)
+    fraction("model.dropout", dropout)
     _, height, width = input_shape
-    if patch < 1 or height % patch or width % patch:
-        raise ValueError(f"patch {patch} must divide the image size {height}x{width}")
-    if heads < 1 or dim % heads:
-        raise ValueError(f"heads {heads} must divide dim {dim}")
-    if depth < 1 or mlp_ratio <= 0 or not 0 <= dropout < 1:
-        raise ValueError(
-            f"need depth >= 1, mlp_ratio > 0, 0 <= dropout < 1; got {depth}, {mlp_ratio}, {dropout}"
-        )
+    if height % patch or width % patch:
+        raise ValueError(f"model.patch={patch} must divide the image size {height}x{width}")
+    if dim % heads:
+        raise ValueError(f"model.heads={heads} must divide model.dim={dim}")
     # Opacus is slow to import, so only register eagerly when the caller already paid for it.
     if "opacus" in sys.modules:
         register_opacus_samplers()
