@@ -383,3 +383,30 @@ def test_ghost_measured_keeps_the_faster_form_and_a_restored_choice():
     assert forced.engine.state_dict() == flipped  # taken as restored, not measured again
     for key, value in second.statistics.items():
         assert other.statistics[key] == pytest.approx(value, rel=1e-4), key
+
+
+class DeadBranch(torch.nn.Module):
+    """A layer whose output is multiplied by zero: its gradient is exactly zero for every example, so its
+    ḡ^t = 0 and the per-tensor projections have no direction for it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(36, 6), torch.nn.Tanh(), torch.nn.Linear(6, 5))
+        self.dead = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(36, 5))
+
+    def forward(self, x):
+        return self.body(x) + 0.0 * self.dead(x)
+
+
+@pytest.mark.parametrize("splits", (1, 3))
+@pytest.mark.parametrize("engine_name", ENGINES)
+def test_a_tensor_with_no_mean_gradient_is_left_out_of_the_per_tensor_projections(engine_name, splits):
+    _, data, batch = tiny_problem("mlp")
+    torch.manual_seed(0)
+    model = Float64(DeadBranch())
+    ref = brute_force(model, data, batch)
+    assert float(model.model.dead[1].weight.grad.abs().max()) == 0.0  # the premise: ḡ^t = 0 there
+    _, s = gradient_with_statistics(build_engine(engine_name, model), data, batch, math.ceil(BATCH / splits),
+                                    Needs(inner_products=True), "per_tensor")
+    close(s.ip_var, ref["per_tensor_ip_var"])
+    close(s.orth_var, ref["per_tensor_orth_var"])
