@@ -89,29 +89,31 @@ ENGINES = {
 }
 
 
-@pytest.mark.parametrize("tied", [True, False])
-@pytest.mark.parametrize("splits", [1, 3])
-@pytest.mark.parametrize("engine_name", ENGINES)
+CASES = [(name, splits, True) for name in ENGINES for splits in (1, 3)] + [("ghost", 3, False), ("ghost_formed", 1, False)]
+STEPS = [(Needs(), "global"), (Needs(inner_products=True), "global"), (Needs(True, True), "global"),
+         (Needs(True, True), "per_tensor")]
+
+
+@pytest.mark.parametrize("engine_name, splits, tied", CASES)
 def test_token_model_statistics_match_brute_force(engine_name, splits, tied):
     data, model = Sequences(), tiny_lm(tied)
     assert (model.tokens.weight is model.head.weight) == tied
     ref = brute_force(model, data)
     engine = ENGINES[engine_name](model)
     batch = Batch(torch.arange(BATCH), None)
-    for ip_mode in ("global", "per_tensor"):
-        for needs in (Needs(), Needs(inner_products=True), Needs(coordinates=True), Needs(True, True)):
-            model.zero_grad(set_to_none=True)
-            _, s = gradient_with_statistics(engine, data, batch, math.ceil(BATCH / splits), needs, ip_mode)
-            close(s.grad_sq_norm, ref["grad_sq_norm"])
-            close(s.norm_var, ref["norm_var"])
-            if needs.inner_products:
-                close(s.ip_var, ref["ip_var" if ip_mode == "global" else "per_tensor_ip_var"])
-                close(s.orth_var, ref["orth_var" if ip_mode == "global" else "per_tensor_orth_var"])
-            if needs.coordinates:
-                torch.testing.assert_close(torch.cat([v.flatten() for v in s.coord_var]), ref["coord_var"],
-                                           rtol=1e-9, atol=1e-15)
-            torch.testing.assert_close(torch.cat([p.grad.flatten() for p in model.parameters()]), ref["gbar"],
-                                       rtol=1e-10, atol=1e-15)
+    for needs, ip_mode in STEPS:
+        model.zero_grad(set_to_none=True)
+        _, s = gradient_with_statistics(engine, data, batch, math.ceil(BATCH / splits), needs, ip_mode)
+        close(s.grad_sq_norm, ref["grad_sq_norm"])
+        close(s.norm_var, ref["norm_var"])
+        if needs.inner_products:
+            close(s.ip_var, ref["ip_var" if ip_mode == "global" else "per_tensor_ip_var"])
+            close(s.orth_var, ref["orth_var" if ip_mode == "global" else "per_tensor_orth_var"])
+        if needs.coordinates:
+            torch.testing.assert_close(torch.cat([v.flatten() for v in s.coord_var]), ref["coord_var"],
+                                       rtol=1e-9, atol=1e-15)
+        torch.testing.assert_close(torch.cat([p.grad.flatten() for p in model.parameters()]), ref["gbar"],
+                                   rtol=1e-10, atol=1e-15)
 
 
 def test_adding_the_tied_modules_squared_norms_would_be_visibly_wrong():

@@ -19,7 +19,6 @@ from torch import nn
 
 from ...losses import summed_cross_entropy
 from ..base import StatisticsEngine
-from ..sums import GradientSums
 from .capture import Capture, LayerHook
 from .forms import FormPolicy
 from .rules import DenseRule, LayerRule, UnsupportedLayer, rule_for
