@@ -200,3 +200,47 @@ def test_compiled_quickstart_learns_with_eager_tested_steps(quickstart, fresh_dy
     assert before(records) == before(eager_records)
     assert not eager_records[first_plain].get("tested")
     assert records[first_plain]["train_loss"] == pytest.approx(eager_records[first_plain]["train_loss"], rel=1e-5)
+
+
+class ExactRows:
+    """float32 examples whose gradients under `linear_loss` are the examples themselves, exactly: large
+    values (1024 + k/2) that vary little, so that Σ‖g_i‖² cancels against b‖ḡ‖² in the variance. They
+    have 12 significant bits, so their squares too are exact in float32 (the engines square in the
+    model's dtype): only where the squares are summed decides."""
+
+    def __init__(self, b: int = 512, width: int = 16) -> None:
+        g = torch.Generator().manual_seed(0)
+        self.x = 1024 + torch.randint(-8, 9, (b, width), generator=g).float() / 2
+        self.y = torch.ones(b)
+
+    def examples(self, batch):
+        return self.x[batch.indices], self.y[batch.indices]
+
+
+def linear_loss(outputs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return (outputs.squeeze(-1) * y).sum()  # dL_i/dW = x_i, dL_i/db = 1: exact in float32
+
+
+@pytest.mark.parametrize("max_micro", [512, 128])
+@pytest.mark.parametrize("engine_name", ["functorch", "opacus"])
+def test_a_float32_models_squared_norms_are_summed_in_float64(engine_name, max_micro):
+    """GradientSums promises float64 sums whatever the model's dtype. Here the float32 sum of the
+    squares (about 8.6e9, in steps of 1024) would be off by thousands: a visible share of the variance."""
+    from adabatch.data import Batch
+
+    data = ExactRows()
+    torch.manual_seed(0)
+    model = torch.nn.Linear(16, 1)
+    assert model.weight.dtype == torch.float32
+    g = torch.cat([data.x.double(), torch.ones(len(data.x), 1, dtype=torch.float64)], 1)  # the exact gradients
+    gbar, b = g.mean(0), len(g)
+    engine = build_engine(engine_name, model, loss=linear_loss)
+    _, s = gradient_with_statistics(engine, data, Batch(torch.arange(b), None), max_micro,
+                                    Needs(inner_products=True, coordinates=True))
+    assert s.norm_var == pytest.approx(float(((g - gbar) ** 2).sum() / (b - 1)), rel=1e-9)
+    assert s.ip_var == pytest.approx(float((g @ gbar).var()), rel=1e-6)
+    coord_var = torch.cat([v.flatten() for v in s.coord_var])
+    torch.testing.assert_close(coord_var, g.var(0), rtol=1e-9, atol=1e-12)
+    # the premise: summed in float32, the squares miss Σ‖g_i - ḡ‖² by more than a thousandth of it
+    in_float32 = (g.float() ** 2).sum().double() - b * (gbar**2).sum()
+    assert abs(float(in_float32 - ((g - gbar) ** 2).sum())) > 1e-3 * float(((g - gbar) ** 2).sum())

@@ -10,6 +10,7 @@ from adabatch.batch_size import build_policy
 from adabatch.data import TrainingData, build_augmentation
 from adabatch.models import build_model
 from adabatch.stats import ENGINES, Needs, build_engine, gradient_with_statistics
+from adabatch.stats.ghost import Form, FormPolicy, GhostEngine
 from adabatch.stats.sums import GradientSums, add
 from adabatch.step import accumulate_gradient
 
@@ -166,16 +167,14 @@ def test_engines_agree_in_float32_on_channels_last_activations():
         assert (a - b).norm() <= 1e-5 * b.norm()
 
 
-GHOST_BRANCHES = {  # how the ghost engine treats dense layers with several positions (layers.py)
-    "gram_from_patches": {"FORM_RATIO": 1e9, "MIN_CHUNK_ELEMENTS": 1, "GRAM_BY_OFFSETS_COST": 0.0},
-    "gram_by_offsets": {"FORM_RATIO": 1e9, "GRAM_BY_OFFSETS_COST": 1e9},  # (convolutions)
-    "formed_from_patches": {"FORM_RATIO": 0, "GROUPED_CONV_MIN_CHANNELS": 10**9,
-                            "MIN_TRANSIENT_ELEMENTS": 1 << 40},  # one chunk; inner products from kept gradients
-    "formed_grouped": {"FORM_RATIO": 0, "GROUPED_CONV_MIN_CHANNELS": 0,
-                       "GROUPED_CONV_POSITIONS_PER_OUTPUT": -1},
+GHOST_BRANCHES = {  # how the ghost engine treats dense layers with several positions (stats/ghost/forms.py)
+    "gram_from_patches": FormPolicy(form_ratio=1e9, min_chunk_elements=1, gram_by_offsets_cost=0.0),
+    "gram_by_offsets": FormPolicy(form_ratio=1e9, gram_by_offsets_cost=1e9),  # (convolutions)
+    "formed_from_patches": FormPolicy(form_ratio=0, grouped_conv_min_channels=10**9,
+                                      min_transient_elements=1 << 40),  # one chunk; inner products from kept gradients
+    "formed_grouped": FormPolicy(form_ratio=0, grouped_conv_min_channels=0, grouped_conv_positions_per_output=-1),
     # inner products by applying the layer again (nothing kept)
-    "formed_one_example_a_chunk": {"FORM_RATIO": 0, "MIN_TRANSIENT_ELEMENTS": 1,
-                                   "TRANSIENT_SHARE": 0.0},
+    "formed_one_example_a_chunk": FormPolicy(form_ratio=0, min_transient_elements=1, transient_share=0.0),
 }
 NEEDS = {"norm": Needs(), "inner_products": Needs(inner_products=True), "coordinates": Needs(coordinates=True)}
 
@@ -184,16 +183,12 @@ NEEDS = {"norm": Needs(), "inner_products": Needs(inner_products=True), "coordin
 @pytest.mark.parametrize("needs", NEEDS)
 @pytest.mark.parametrize("branch", GHOST_BRANCHES)
 @pytest.mark.parametrize("model_key", MODELS)
-def test_every_ghost_branch_matches_brute_force(model_key, branch, needs, splits, references, monkeypatch):
+def test_every_ghost_branch_matches_brute_force(model_key, branch, needs, splits, references):
     """Each way the ghost engine can treat a layer, alone and with each test's needs (the combined
     needs of the test above force the formed branch), for an unsplit and a split batch."""
-    from adabatch.stats import layers
-
-    for name, value in GHOST_BRANCHES[branch].items():
-        monkeypatch.setattr(layers, name, value)
     ref = references(model_key)
     model, data, batch = tiny_problem(model_key)
-    _, s = gradient_with_statistics(build_engine("ghost", model), data, batch, math.ceil(BATCH / splits), NEEDS[needs])
+    _, s = gradient_with_statistics(GhostEngine(model, policy=GHOST_BRANCHES[branch]), data, batch, math.ceil(BATCH / splits), NEEDS[needs])
     close(s.grad_sq_norm, ref["grad_sq_norm"])
     close(s.norm_var, ref["norm_var"])
     if needs == "inner_products":
@@ -207,7 +202,7 @@ def test_every_ghost_branch_matches_brute_force(model_key, branch, needs, splits
 
 
 def test_the_ghost_workspace_reuses_its_memory_until_a_larger_or_other_tensor_is_asked_for():
-    from adabatch.stats.layers import Workspace
+    from adabatch.stats.ghost import Workspace
 
     workspace, like = Workspace(), torch.zeros(1)
     first = workspace.take((4, 3, 2), like)
@@ -217,25 +212,29 @@ def test_the_ghost_workspace_reuses_its_memory_until_a_larger_or_other_tensor_is
 
 
 def test_a_dense_layer_keeps_its_gradients_for_the_inner_products_while_they_fit_in_keep_factor_budgets():
-    from adabatch.stats.layers import KEEP_FACTOR, LinearRule
+    from adabatch.stats.ghost.rules.linear import LinearRule
 
-    rule, n, positions = LinearRule(torch.nn.Linear(6, 5)), 8, 12  # 240 elements of per-example gradients
-    fits, too_small = 240 // KEEP_FACTOR, 240 // KEEP_FACTOR - 1
-    assert rule.weight_forms(n, positions, False, True, fits)[0] == "formed, kept"
-    assert "formed, kept" not in rule.weight_forms(n, positions, False, True, too_small)
-    assert "formed, kept" not in rule.weight_forms(n, positions, False, False, fits)  # nothing to keep them for
+    policy = FormPolicy()
+    rule, n, positions = LinearRule(torch.nn.Linear(6, 5), policy), 8, 12  # 240 elements of per-example gradients
+    fits, too_small = int(240 // policy.keep_factor), int(240 // policy.keep_factor) - 1
+    assert rule.weight_forms(n, positions, False, True, fits)[0] is Form.FORMED_KEPT
+    assert Form.FORMED_KEPT not in rule.weight_forms(n, positions, False, True, too_small)
+    assert Form.FORMED_KEPT not in rule.weight_forms(n, positions, False, False, fits)  # nothing to keep them for
 
 
 def test_the_counts_form_the_vits_mlp_gradients_and_take_the_gram_form_for_resnet18s_8x8_convolutions():
-    """FORM_RATIO's two sides as layers.py measured them: forming where the Gram form takes 33 multiply-adds
+    """form_ratio's two sides as docs/ghost-engine.md measured them: forming where the Gram form takes 33 multiply-adds
     per element of per-example gradient, the Gram form where it takes 20 (a stride-2 convolution to 256
     channels at 8x8)."""
-    from adabatch.stats.layers import Conv2dRule, LinearRule
+    from adabatch.stats.ghost.rules.conv2d import Conv2dRule
+    from adabatch.stats.ghost.rules.linear import LinearRule
 
-    mlp, conv = LinearRule(torch.nn.Linear(192, 384)), Conv2dRule(torch.nn.Conv2d(128, 256, 3, stride=2, padding=1))
+    policy = FormPolicy()
+    mlp = LinearRule(torch.nn.Linear(192, 384), policy)
+    conv = Conv2dRule(torch.nn.Conv2d(128, 256, 3, stride=2, padding=1), policy)
     for keep in (False, True):
-        assert mlp.weight_forms(128, 65, False, keep, budget=1 << 30)[0].startswith("formed")
-        assert conv.weight_forms(128, 64, False, keep, budget=1 << 20)[0] == "gram"
+        assert mlp.weight_forms(128, 65, False, keep, budget=1 << 30)[0].is_formed
+        assert conv.weight_forms(128, 64, False, keep, budget=1 << 20)[0] is Form.GRAM
 
 
 @pytest.mark.parametrize("options", [
@@ -245,12 +244,12 @@ def test_the_counts_form_the_vits_mlp_gradients_and_take_the_gram_form_for_resne
     {"kernel_size": 1, "stride": 2},
 ])
 def test_ghost_conv_patches_are_unfolds_patches(options):
-    from adabatch.stats.layers import Conv2dRule
+    from adabatch.stats.ghost.rules.conv2d import Conv2dRule
 
     conv = torch.nn.Conv2d(3, 4, **options)
     a = torch.randn(2, 3, 9, 7, dtype=torch.float64)
     unfolded = torch.nn.functional.unfold(a, conv.kernel_size, conv.dilation, conv.padding, conv.stride)
-    assert torch.equal(Conv2dRule(conv).patches(a), unfolded.transpose(1, 2))
+    assert torch.equal(Conv2dRule(conv, FormPolicy()).patches(a), unfolded.transpose(1, 2))
 
 
 @pytest.mark.parametrize("options", [
@@ -259,14 +258,15 @@ def test_ghost_conv_patches_are_unfolds_patches(options):
     {"kernel_size": 3, "stride": 2, "dilation": (2, 1), "padding": 1},
     {"kernel_size": 1, "stride": 2},
 ])
-def test_ghost_conv_input_grams_by_offsets_are_the_patches_grams(options, monkeypatch):
-    from adabatch.stats import layers
+def test_ghost_conv_input_grams_by_offsets_are_the_patches_grams(options):
+    from adabatch.stats.ghost.rules.conv2d import Conv2dRule
 
-    monkeypatch.setattr(layers, "GRAM_BY_OFFSETS_COST", 1e9)
     conv = torch.nn.Conv2d(3, 4, **options)
     a = torch.randn(2, 3, 9, 7, dtype=torch.float64)
     patches = torch.nn.functional.unfold(a, conv.kernel_size, conv.dilation, conv.padding, conv.stride)
-    torch.testing.assert_close(layers.Conv2dRule(conv).input_grams(a), patches.transpose(1, 2) @ patches,
+    rule = Conv2dRule(conv, FormPolicy(gram_by_offsets_cost=1e9))
+    assert rule.grams_by_offsets(a)
+    torch.testing.assert_close(rule.input_grams(a), patches.transpose(1, 2) @ patches,
                                rtol=1e-12, atol=1e-12)
 
 
@@ -383,3 +383,30 @@ def test_ghost_measured_keeps_the_faster_form_and_a_restored_choice():
     assert forced.engine.state_dict() == flipped  # taken as restored, not measured again
     for key, value in second.statistics.items():
         assert other.statistics[key] == pytest.approx(value, rel=1e-4), key
+
+
+class DeadBranch(torch.nn.Module):
+    """A layer whose output is multiplied by zero: its gradient is exactly zero for every example, so its
+    ḡ^t = 0 and the per-tensor projections have no direction for it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(36, 6), torch.nn.Tanh(), torch.nn.Linear(6, 5))
+        self.dead = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(36, 5))
+
+    def forward(self, x):
+        return self.body(x) + 0.0 * self.dead(x)
+
+
+@pytest.mark.parametrize("splits", (1, 3))
+@pytest.mark.parametrize("engine_name", ENGINES)
+def test_a_tensor_with_no_mean_gradient_is_left_out_of_the_per_tensor_projections(engine_name, splits):
+    _, data, batch = tiny_problem("mlp")
+    torch.manual_seed(0)
+    model = Float64(DeadBranch())
+    ref = brute_force(model, data, batch)
+    assert float(model.model.dead[1].weight.grad.abs().max()) == 0.0  # the premise: ḡ^t = 0 there
+    _, s = gradient_with_statistics(build_engine(engine_name, model), data, batch, math.ceil(BATCH / splits),
+                                    Needs(inner_products=True), "per_tensor")
+    close(s.ip_var, ref["per_tensor_ip_var"])
+    close(s.orth_var, ref["per_tensor_orth_var"])

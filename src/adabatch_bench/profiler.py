@@ -33,47 +33,39 @@ import torch
 from adabatch.components import shipped
 from adabatch.device import describe
 from adabatch.stats import build_engine, gradient_with_statistics
-from adabatch.stats.ghost import Capture
-from adabatch.stats.layers import Conv2dRule, DenseRule, chunks, transient_budget
+from adabatch.stats.ghost import DenseRule, LayerCall
 from adabatch.stats.sums import GradientSums, Needs
 from adabatch.step import accumulate_gradient
 from adabatch_bench.bench import MODELS, TESTS, build_config_model, random_cifar
 
 
 class LayerClock:
-    """Times each rule in its hook (wrapping Capture.on_output_grad) and keeps each layer's first
-    input and output gradient, to time autograd's weight gradient on them afterwards. While
-    `skip_rules` is set, the hooks run no rule: the pass is the forward and the activation gradients."""
+    """Times each rule in its hook (the engine's `layer_hook`) and keeps each layer's first call (input,
+    output gradient, budget), to time autograd's weight gradient on them afterwards. While `skip_rules`
+    is set, the hooks run no rule: the pass is the forward and the activation gradients."""
 
-    def __init__(self) -> None:
+    def __init__(self, engine) -> None:
+        self.engine = engine
         self.seconds: dict[str, list[float]] = defaultdict(list)
-        self.captured: dict[str, tuple] = {}
-        self.original = Capture.on_output_grad
+        self.captured: dict[str, LayerCall] = {}
         self.skip_rules = False
 
     def __enter__(self) -> LayerClock:
-        clock = self
-
-        def timed(capture: Capture, module, delta):
-            if clock.skip_rules:
-                capture.inputs.pop(module)
-                capture.reached.add(module)
-                return
-            name = capture.engine.names[module]
-            if name not in clock.captured:
-                a = capture.inputs[module][0]
-                clock.captured[name] = (capture.engine.rules[module], a.detach().clone(), delta.detach().clone(),
-                                        transient_budget(capture.input_elements), capture.keep,
-                                        capture.sums.coord_sq is not None)
-            start = time.perf_counter()
-            clock.original(capture, module, delta)
-            clock.seconds[name].append(time.perf_counter() - start)
-
-        Capture.on_output_grad = timed
+        self.engine.layer_hook = self.timed
         return self
 
     def __exit__(self, *exc) -> None:
-        Capture.on_output_grad = self.original
+        self.engine.layer_hook = None
+
+    def timed(self, call: LayerCall, run) -> None:
+        if self.skip_rules:
+            return
+        if call.name not in self.captured:
+            self.captured[call.name] = LayerCall(call.name, call.rule, call.a.clone(), call.delta.clone(), call.budget,
+                                                 call.keep, call.coordinates, call.second_phase)
+        start = time.perf_counter()
+        run()
+        self.seconds[call.name].append(time.perf_counter() - start)
 
 
 def median_ms(samples: list[float]) -> float:
@@ -90,34 +82,22 @@ def time_ms(step, rounds: int) -> float:
     return median_ms(samples)
 
 
-def form_of(rule, a, delta, coordinates, keep, budget) -> tuple[str, str]:
+def form_of(call: LayerCall) -> tuple[str, str]:
     """(the rule's form, the layer's shape as T x d_in -> d_out) for a dense rule; else ("formed", "")."""
+    rule = call.rule
     if not isinstance(rule, DenseRule):
         return "formed", ""
-    rows = rule.output_rows(delta)
-    n, positions, d_out = rows.shape
+    n, positions, d_out = rule.output_rows(call.delta).shape
     d_in = rule.module.weight[0].numel()
-    form = rule.weight_form(n, positions, coordinates, keep, budget)
-    if form.startswith("formed") and isinstance(rule, Conv2dRule):
-        form += ", patches" if rule.forms_from_patches(a, delta) else ", grouped"
-    if form == "gram" and isinstance(rule, Conv2dRule):
-        form += ", offsets" if rule.grams_by_offsets(a) else ", patches"
-    return form, f"{positions} x {d_in} -> {d_out}"
+    return rule.form_label(call.a, call.delta, call.coordinates, call.keep, call.budget), f"{positions} x {d_in} -> {d_out}"
 
 
-def forming_ms(rule, a, delta, form: str, budget: int, rounds: int) -> float | None:
+def forming_ms(call: LayerCall, form: str, rounds: int) -> float | None:
     """A formed dense layer's per-example gradients alone, chunk by chunk as its rule forms them (patches
     included, no sums): the batched matmuls that forming cannot do without."""
-    if not (isinstance(rule, DenseRule) and form.startswith("formed")):
+    if not (isinstance(call.rule, DenseRule) and form.startswith("formed")):
         return None
-    n, positions = len(a), rule.output_rows(delta).shape[1]
-    size = rule.formed_chunk(a, delta, positions, budget)
-    out = torch.empty(size, rule.module.weight.shape[0], rule.module.weight[0].numel())
-
-    def form_all():
-        for chunk in chunks(n, size):
-            rule.form(a[chunk], delta[chunk], out[:len(range(n)[chunk])])
-    return time_ms(form_all, rounds)
+    return time_ms(lambda: call.rule.form_in_chunks(call.a, call.delta, call.budget), rounds)
 
 
 def activations_only(engine, data, batch, clock: LayerClock) -> None:
@@ -126,8 +106,7 @@ def activations_only(engine, data, batch, clock: LayerClock) -> None:
     x, y = data.examples(batch)
     clock.skip_rules = True
     try:
-        with Capture(engine, GradientSums(engine.params, Needs())) as capture:
-            engine._backward(x, y, None, capture)
+        engine.first_phase(x, y, GradientSums(engine.params, Needs()), None, keep=False)
     finally:
         clock.skip_rules = False
 
@@ -148,7 +127,7 @@ def main() -> None:
     data = random_cifar(args.size, device)
     batch, needs = data.draw(args.size), shipped("batch_size", args.test).needs
     plain, tested, bare = [], [], []
-    with LayerClock() as clock:
+    with LayerClock(engine) as clock:
         for round_ in range(1 + args.rounds):  # round 0 warms up
             for step, times in ((lambda: accumulate_gradient(model, data, batch, args.size, None), plain),
                                 (lambda: gradient_with_statistics(engine, data, batch, args.size, needs), tested),
@@ -168,11 +147,13 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|")
     total_rule = total_weight = total_forming = formed_rules = 0.0
     for name, samples in clock.seconds.items():
-        rule, a, delta, budget, keep, coordinates = clock.captured[name]
+        call = clock.captured[name]
+        rule = call.rule
         rule_ms = median_ms(samples[len(samples) // (1 + args.rounds):])  # after the warm-up round
-        form, shape = form_of(rule, a, delta, coordinates, keep, budget)
-        weight_ms = time_ms(lambda: rule.weight_gradient(a, delta), args.rounds) if isinstance(rule, DenseRule) else 0.0
-        alone = forming_ms(rule, a, delta, form, budget, args.rounds)
+        form, shape = form_of(call)
+        weight_ms = (time_ms(lambda: rule.weight_gradient(call.a, call.delta), args.rounds)
+                     if isinstance(rule, DenseRule) else 0.0)
+        alone = forming_ms(call, form, args.rounds)
         total_rule, total_weight = total_rule + rule_ms, total_weight + weight_ms
         if alone is not None:
             total_forming, formed_rules = total_forming + alone, formed_rules + rule_ms

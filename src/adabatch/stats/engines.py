@@ -1,6 +1,6 @@
 """Statistics engines. Two form every example's gradient, for every trainable parameter: Opacus
 (hooks that capture activations and output gradients) and torch.func (vmap of grad over examples, the
-authors' approach). The ghost engine (ghost.py) forms none where an identity is cheaper; as
+authors' approach). The ghost engine (ghost/) forms none where an identity is cheaper; as
 ghost_measured, it chooses each layer's form by timing them on its first pass.
 """
 from __future__ import annotations
@@ -15,7 +15,7 @@ from torch import nn
 
 from ..losses import summed_cross_entropy
 from .base import StatisticsEngine
-from .ghost import GhostEngine
+from .ghost import GhostEngine, Loss
 
 ENGINES = ("ghost", "ghost_measured", "opacus", "functorch")
 
@@ -23,8 +23,9 @@ ENGINES = ("ghost", "ghost_measured", "opacus", "functorch")
 class PerExampleEngine(StatisticsEngine):
     """An engine that forms per-example gradients, reduces them to the sums and drops them."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, loss: Loss = summed_cross_entropy) -> None:
         super().__init__(model)
+        self.loss = loss  # (outputs, targets) -> the examples' losses, summed
         self._kept: list[torch.Tensor] | None = None
 
     def can_keep(self, world_size):
@@ -47,15 +48,15 @@ class PerExampleEngine(StatisticsEngine):
     def per_example_gradients(
         self, x: torch.Tensor, y: torch.Tensor, autocast: contextlib.AbstractContextManager | None = None
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """(sum of the examples' cross-entropy losses, [per-example gradient (n, *p.shape) for p in params]).
+        """(sum of the examples' losses, [per-example gradient (n, *p.shape) for p in params]).
 
         May leave anything in p.grad: the caller sets the batch gradient afterwards.
         """
 
 
 class OpacusEngine(PerExampleEngine):
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__(model)
+    def __init__(self, model: nn.Module, loss: Loss = summed_cross_entropy) -> None:
+        super().__init__(model, loss)
         from opacus import GradSampleModule
         from opacus.validators import ModuleValidator
 
@@ -88,8 +89,8 @@ class OpacusEngine(PerExampleEngine):
         self.wrapped.enable_hooks()
         try:
             with autocast or contextlib.nullcontext():
-                logits = self.wrapped(x)
-            loss = summed_cross_entropy(logits, y)
+                outputs = self.wrapped(x)
+            loss = self.loss(outputs, y)
             loss.backward()
         finally:
             self.wrapped.disable_hooks()
@@ -117,16 +118,16 @@ def register_contiguous_conv_sampler() -> None:
 
 
 class FunctorchEngine(PerExampleEngine):
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__(model)
+    def __init__(self, model: nn.Module, loss: Loss = summed_cross_entropy) -> None:
+        super().__init__(model, loss)
         from torch.func import functional_call, grad, vmap
 
         names = [name for name, p in model.named_parameters() if p.requires_grad]
         self.names = names
 
         def example_loss(params, buffers, x, y):
-            logits = functional_call(model, (params, buffers), (x.unsqueeze(0),))
-            loss = summed_cross_entropy(logits, y.unsqueeze(0))
+            outputs = functional_call(model, (params, buffers), (x.unsqueeze(0),))
+            loss = self.loss(outputs, y.unsqueeze(0))
             return loss, loss
 
         self._per_example = vmap(grad(example_loss, has_aux=True), in_dims=(None, None, 0, 0))
@@ -139,9 +140,10 @@ class FunctorchEngine(PerExampleEngine):
         return losses.sum().detach(), [grads[name] for name in self.names]
 
 
-def build_engine(name: str, model: nn.Module) -> StatisticsEngine:
+def build_engine(name: str, model: nn.Module, loss: Loss = summed_cross_entropy) -> StatisticsEngine:
+    """`loss(outputs, targets)`: the examples' losses, summed (default: classification cross-entropy)."""
     engines = {"ghost": GhostEngine, "ghost_measured": functools.partial(GhostEngine, measure_forms=True),
                "opacus": OpacusEngine, "functorch": FunctorchEngine}
     if name not in engines:
         raise ValueError(f"batch_size.engine={name!r} is unknown; choose one of {', '.join(ENGINES)}")
-    return engines[name](model)
+    return engines[name](model, loss=loss)
