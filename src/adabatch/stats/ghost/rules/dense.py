@@ -122,7 +122,7 @@ class DenseRule(LayerRule):
         """The form the rule takes: the measured one where it has measured them, else the counts' choice."""
         return self._chosen(self.weight_forms(n, positions, coordinates, keep, budget))
 
-    # Public hooks for scripts/profile_layers.py: what the rule does with a layer, without the sums.
+    # Public hooks for adabatch_bench.profiler: what the rule does with a layer, without the sums.
 
     def form_label(self, a: torch.Tensor, delta: torch.Tensor, coordinates: bool, keep: bool, budget: int) -> str:
         """The weight's form for (a, delta) as the profiler prints it."""
