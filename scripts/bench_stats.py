@@ -57,7 +57,7 @@ from adabatch.batch_size import POLICY_CLASSES  # noqa: E402
 from adabatch.data import ArrayDataset, TrainingData, build_augmentation  # noqa: E402
 from adabatch.device import autocast as make_autocast  # noqa: E402
 from adabatch.device import describe, synchronize  # noqa: E402
-from adabatch.memory import free_bytes  # noqa: E402
+from adabatch.run.memory import free_bytes  # noqa: E402
 from adabatch.models import model_from_config  # noqa: E402
 from adabatch.stats import ENGINES, build_engine, gradient_with_statistics  # noqa: E402
 from adabatch.step import accumulate_gradient  # noqa: E402

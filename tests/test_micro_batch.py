@@ -9,10 +9,11 @@ import pytest
 import torch
 from helpers import ROOT, compose
 
-from adabatch.memory import MemoryGauge, TensorMemory
-from adabatch.micro_batch import choose_max_micro, largest_fitting
-from adabatch.records import read_metrics, read_summary
-from adabatch.training import build_experiment, train
+from adabatch.run.memory import MemoryGauge, TensorMemory
+from adabatch.run.micro_batch import choose_max_micro, largest_fitting
+from adabatch.run.records import read_metrics, read_summary
+from adabatch.run.experiment import build_experiment
+from adabatch.run.loop import train
 
 MIB = 2**20
 QUICK = ["experiment=quickstart", "device=cpu", "train.samples=2500", "train.eval_every=1250",
@@ -56,7 +57,7 @@ def test_tensor_memory_counts_live_storages_once_and_raises_past_its_limit():
 def test_a_tested_steps_measured_memory_grows_with_its_micro_batch():
     exp = build_experiment(compose(*QUICK))
     gauge = MemoryGauge(exp.device)
-    from adabatch.micro_batch import trial_step_peak
+    from adabatch.run.micro_batch import trial_step_peak
     # From 16 examples on: below, small allocations reuse the allocator's free memory, and the step from 8
     # to 16 measured 0.45 of the step from 16 to 32 (its per-example memory, 31 KB, is mostly Gram matrices).
     peaks = [trial_step_peak(exp, gauge, size) for size in (16, 32, 64)]

@@ -13,10 +13,10 @@ import pytest
 import torch
 from helpers import ROOT, compose
 
-from adabatch.checkpoint import CHECKPOINT_FILE, load_checkpoint, restore
-from adabatch.preemption import PREEMPTED_EXIT_CODE
-from adabatch.records import MODEL_FILE, read_metrics, read_summary
-from adabatch.training import build_experiment
+from adabatch.run.checkpoint import CHECKPOINT_FILE, load_checkpoint
+from adabatch.run.preemption import PREEMPTED_EXIT_CODE
+from adabatch.run.records import MODEL_FILE, read_metrics, read_summary
+from adabatch.run.experiment import build_experiment
 
 OVERRIDES = [
     "experiment=quickstart", "device=cpu", "train.samples=8000", "train.eval_every=1500",
@@ -30,6 +30,11 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 def worker(run_dir, kind="none", n=0, overrides=OVERRIDES) -> int:
     command = [sys.executable, "tests/interrupt_worker.py", str(run_dir), kind, str(n), *overrides]
     return subprocess.run(command, cwd=ROOT, env=ENV, capture_output=True, timeout=300).returncode
+
+
+def counters(run_dir) -> dict:
+    """The checkpoint's counters: steps, samples and the next batch size."""
+    return load_checkpoint(run_dir)["experiment"]["adaptive"]
 
 
 def without_times(record: dict) -> dict:
@@ -65,10 +70,9 @@ def test_killed_or_stopped_anywhere_then_resumed_gives_the_uninterrupted_run(ref
         expected = PREEMPTED_EXIT_CODE if kind == "term" else -signal.SIGKILL
         assert worker(run_dir, kind, n) == expected, (kind, n)
         assert not (run_dir / "summary.json").exists()
-        progress.append(load_checkpoint(run_dir)["loop"]["samples"] if (run_dir / CHECKPOINT_FILE).exists() else 0)
+        progress.append(counters(run_dir)["samples"] if (run_dir / CHECKPOINT_FILE).exists() else 0)
         if kind == "term":  # the step under way when the signal came, then a checkpoint and its records
-            state = load_checkpoint(run_dir)
-            assert [r["step"] for r in read_metrics(run_dir, "train")][-1] == state["loop"]["step"]
+            assert [r["step"] for r in read_metrics(run_dir, "train")][-1] == counters(run_dir)["steps"]
     assert progress == sorted(progress) and len(set(progress)) >= 4  # each process got further before its end
     assert worker(run_dir) == 0
     assert read_summary(run_dir)["resumes"] >= 4
@@ -107,9 +111,10 @@ def test_ghost_measured_checkpoints_the_forms_it_chose_and_a_resumed_run_takes_t
     state = load_checkpoint(run_dir)
     exp = build_experiment(compose(*overrides))
     convolutions = {name for name, m in exp.model.named_modules() if isinstance(m, torch.nn.Conv2d)}
-    (forms,) = [engine["forms"] for engine in state["engine"]]
+    experiment = state["experiment"]
+    (forms,) = [engine["forms"] for engine in experiment["adaptive"]["engine"]]
     assert set(forms) == convolutions and set(forms.values()) <= {"gram", "formed"}
-    chosen = {name: "gram" for name in convolutions}  # whatever was measured: restore takes what it is given
-    restore(exp, {**state, "engine": [{"forms": chosen}]})
+    chosen = {name: "gram" for name in convolutions}  # whatever was measured: restoring takes what it is given
+    exp.load_state_dict({**experiment, "adaptive": {**experiment["adaptive"], "engine": [{"forms": chosen}]}})
     assert exp.engine.state_dict() == {"forms": chosen}
     assert worker(run_dir, overrides=overrides) == 0 and read_summary(run_dir)["resumes"] == 1

@@ -11,10 +11,11 @@ from adabatch.data import TrainingData, build_augmentation, load_dataset, source
 from adabatch.data.stream import IndexStream
 from adabatch.models import build_model
 from adabatch.optim import build_optimizer
-from adabatch.records import read_metrics, read_summary
+from adabatch.run.records import read_metrics, read_summary
 from adabatch.step import accumulate_gradient
-from adabatch.milestones import early_evaluation_points
-from adabatch.training import build_experiment, train
+from adabatch.run.milestones import early_evaluation_points
+from adabatch.run.experiment import build_experiment
+from adabatch.run.loop import train
 
 TINY = ("device=cpu", "train.eval_every=400", "train.progress_every_s=0")
 

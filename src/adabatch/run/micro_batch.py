@@ -17,18 +17,15 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING
 
 import torch
 
-from .data import Batch
+from ..data import Batch
 from .memory import MemoryGauge, free_bytes
-from .random_state import rng_state, set_rng_state
-from .stats import gradient_with_statistics
-from .step import accumulate_gradient
-
-if TYPE_CHECKING:
-    from .training import Experiment
+from ..random_state import rng_state, set_rng_state
+from ..stats import gradient_with_statistics
+from ..step import accumulate_gradient
+from .experiment import Experiment
 
 AUTO = "auto"
 SAFETY = 0.9  # of the free memory: the caching allocator's fragmentation and the optimizer's step need the rest
