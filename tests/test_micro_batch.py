@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from helpers import ROOT, compose
@@ -119,3 +121,40 @@ def test_a_resumed_run_keeps_the_size_it_chose(tmp_path):
     assert summary["max_micro_auto"] == read_summary(reference)["max_micro_auto"]
     assert without_times(read_metrics(run)) == without_times(read_metrics(reference))
     assert json.loads(json.dumps(summary["max_micro_auto"]))["max_micro"] < 96
+
+
+RESIDENT_BUDGET = 64 * MIB  # what the process may grow by: binds well below the largest batch of 32x32 images
+STEPS_AT_CHOICE = '''
+import json, sys
+from helpers import compose
+from adabatch.run.experiment import build_experiment
+from adabatch.run.memory import peak_resident_bytes, reset_peak_resident, resident_bytes
+exp = build_experiment(compose(*json.loads(sys.argv[1])))
+adaptive, size = exp.adaptive, int(sys.argv[2])
+adaptive.max_micro = size
+before = resident_bytes()
+assert reset_peak_resident()
+for _ in range(3):  # tested steps of the size chosen, as the run takes them, with the optimizer's state
+    exp.optimizer.zero_grad(set_to_none=True)
+    adaptive.gradient(exp.data, exp.data.draw(size), tested=True)
+    exp.optimizer.step()
+print(peak_resident_bytes() - before)
+'''
+
+
+def test_on_the_cpu_the_choice_keeps_the_processs_resident_growth_within_its_budget(tmp_path):
+    """The process holds more than its live tensors (a convolution's im2col columns, the allocator's
+    kept pages): counted tensors alone chose a size whose steps grew a fresh process past the budget."""
+    rng = np.random.default_rng(0)
+    images, labels = rng.integers(0, 256, (600, 3, 32, 32), dtype=np.uint8), rng.integers(0, 10, 600)
+    np.savez(tmp_path / "images.npz", x_train=images[:500], y_train=labels[:500], x_test=images[500:], y_test=labels[500:])
+    overrides = [*QUICK[:-1], "dataset=npz", f"dataset.path={tmp_path / 'images.npz'}", "batch_size.max=400"]
+    choice = choose_max_micro(build_experiment(compose(*overrides)), resident_growth_bytes=RESIDENT_BUDGET)
+    assert 2 <= choice.max_micro < choice.upper == 400, choice.describe()  # the budget binds
+    assert any(peak is None for _, peak in choice.trials), choice.describe()  # a larger trial was stopped in time
+    script = [sys.executable, "-c", STEPS_AT_CHOICE, json.dumps(overrides), str(choice.max_micro)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "tests")}
+    result = subprocess.run(script, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    growth = int(result.stdout.split()[-1])
+    assert growth <= RESIDENT_BUDGET, (choice.describe(), growth / MIB)
