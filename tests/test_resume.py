@@ -118,3 +118,19 @@ def test_ghost_measured_checkpoints_the_forms_it_chose_and_a_resumed_run_takes_t
     exp.load_state_dict({**experiment, "adaptive": {**experiment["adaptive"], "engine": [{"forms": chosen}]}})
     assert exp.engine.state_dict() == {"forms": chosen}
     assert worker(run_dir, overrides=overrides) == 0 and read_summary(run_dir)["resumes"] == 1
+
+
+DROPOUT = [*OVERRIDES, "train.samples=3000", "model=vit", "+model.dropout=0.3", "model.dim=16", "model.depth=1",
+           "model.heads=2", "model.mlp_ratio=1"]  # a small ViT on the 8x8 digits: 4 patches of 4x4
+
+
+def test_a_run_with_dropout_stopped_and_resumed_draws_the_masks_of_the_uninterrupted_run(tmp_path):
+    """The checkpoint holds the random generators: a resumed run draws the dropout masks the
+    uninterrupted run drew (without them it diverges at its first step after the resume)."""
+    reference, run_dir = tmp_path / "reference", tmp_path / "run"
+    assert worker(reference, overrides=DROPOUT) == 0
+    assert worker(run_dir, "term", 6, DROPOUT) == PREEMPTED_EXIT_CODE
+    assert counters(run_dir)["steps"] == 6
+    assert worker(run_dir, overrides=DROPOUT) == 0
+    assert read_summary(run_dir)["resumes"] == 1
+    assert_same_run(run_dir, reference)
