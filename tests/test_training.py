@@ -114,7 +114,7 @@ def test_every_tested_step_is_on_record_whatever_log_every(tmp_path):
     summary = train(cfg, tmp_path)
     records = list(read_metrics(tmp_path, "train"))
     tested = [r for r in records if r.get("tested")]
-    assert len(tested) >= 2, "no tested step is on record"
+    assert tested, "no tested step is on record"
     assert [r["step"] for r in tested] == list(range(1, len(tested) + 1))  # tested until the cap, all on record
     assert all(r["batch_size"] < 16 for r in tested) and tested[-1]["next_batch_size"] == 16
     assert records[-1]["step"] == summary["steps"] and not records[-1].get("tested")
