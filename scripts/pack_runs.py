@@ -11,7 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from adabatch.records import METRICS_FILE, SUMMARY_FILE, pack_metrics
+from adabatch.run.records import METRICS_FILE, SUMMARY_FILE, pack_metrics
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -24,9 +24,9 @@ from omegaconf import DictConfig
 
 from adabatch.data import DatasetUnavailable
 from adabatch.distributed import current_world, join_process_group, leave_process_group
-from adabatch.preemption import PREEMPTED_EXIT_CODE
+from adabatch.run.preemption import PREEMPTED_EXIT_CODE
 from adabatch.run_keys import complete_config
-from adabatch.training import train
+from adabatch.run.loop import train
 from adabatch.validation import ConfigError
 
 log = logging.getLogger("adabatch")

@@ -9,3 +9,10 @@ if "PYTEST_XDIST_WORKER" in os.environ:
     import torch
 
     torch.set_num_threads(1)
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "slow: launches training subprocesses or whole runs (tens of seconds or more); "
+        "`-m 'not slow'` for a quick pass"
+    )

@@ -10,7 +10,7 @@ import sys
 
 from helpers import ROOT
 
-from adabatch.reporting import Reporter
+from adabatch.run.reporting import Reporter
 
 if __name__ == "__main__":
     n, overrides = int(sys.argv[1]), sys.argv[2:]

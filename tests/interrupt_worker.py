@@ -20,10 +20,10 @@ from pathlib import Path
 
 from helpers import compose
 
-from adabatch import checkpoint as checkpoint_module
-from adabatch.preemption import PREEMPTED_EXIT_CODE
-from adabatch.records import RunRecords
-from adabatch.training import train
+from adabatch.run import checkpoint as checkpoint_module
+from adabatch.run.preemption import PREEMPTED_EXIT_CODE
+from adabatch.run.records import RunRecords
+from adabatch.run.loop import train
 
 
 def die() -> None:

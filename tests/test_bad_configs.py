@@ -150,10 +150,12 @@ def test_a_rejected_config_leaves_an_earlier_run_untouched(tmp_path, capsys):
 
 def test_a_run_checks_its_config_once(tmp_path, monkeypatch):
     """train() checks before it takes the run directory, and builds the experiment without checking again."""
-    from adabatch import training
+    from adabatch.run import experiment, loop
 
     calls = []
-    monkeypatch.setattr(training, "check_config", lambda cfg, world: calls.append(world) or check_config(cfg, world))
+    counted = lambda cfg, world: calls.append(world) or check_config(cfg, world)  # noqa: E731
+    monkeypatch.setattr(loop, "check_config", counted)
+    monkeypatch.setattr(experiment, "check_config", counted)
     argv, root = sys.argv, logging.getLogger()
     handlers, level = root.handlers[:], root.level
     sys.argv = ["train.py", "device=cpu", "train.samples=16", "train.eval_every=16", "train.eval_train_examples=8",

@@ -5,7 +5,7 @@ import sys
 
 from helpers import ROOT
 
-from adabatch.records import read_metrics, read_summary
+from adabatch.run.records import read_metrics, read_summary
 
 
 def run_train(*overrides: str, env_extra: dict | None = None) -> subprocess.CompletedProcess:

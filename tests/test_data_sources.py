@@ -31,7 +31,7 @@ from adabatch.data import (
     torchvision_source,
 )
 from adabatch.data.standin import IDX_STEMS, write_idx, write_idx_dir
-from adabatch.training import train
+from adabatch.run.loop import train
 
 
 def one_line_error(call, *args, **kwargs) -> str:

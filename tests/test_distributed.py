@@ -20,7 +20,7 @@ from ranks_worker import collect
 
 from adabatch.data import plan_layout
 from adabatch.distributed import SINGLE_PROCESS, World
-from adabatch.records import MODEL_FILE, read_metrics, read_summary
+from adabatch.run.records import MODEL_FILE, read_metrics, read_summary
 from adabatch.validation import ConfigError, check_config
 
 TORCHRUN = Path(sys.executable).with_name("torchrun")

@@ -2,17 +2,19 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from helpers import ROOT, compose
 
-from adabatch.memory import MemoryGauge, TensorMemory
-from adabatch.micro_batch import choose_max_micro, largest_fitting
-from adabatch.records import read_metrics, read_summary
-from adabatch.training import build_experiment, train
+from adabatch.run.memory import MemoryGauge, TensorMemory
+from adabatch.run.micro_batch import choose_max_micro, largest_fitting
+from adabatch.run.records import read_metrics, read_summary
+from adabatch.run.experiment import build_experiment
 
 MIB = 2**20
 QUICK = ["experiment=quickstart", "device=cpu", "train.samples=2500", "train.eval_every=1250",
@@ -56,7 +58,7 @@ def test_tensor_memory_counts_live_storages_once_and_raises_past_its_limit():
 def test_a_tested_steps_measured_memory_grows_with_its_micro_batch():
     exp = build_experiment(compose(*QUICK))
     gauge = MemoryGauge(exp.device)
-    from adabatch.micro_batch import trial_step_peak
+    from adabatch.run.micro_batch import trial_step_peak
     # From 16 examples on: below, small allocations reuse the allocator's free memory, and the step from 8
     # to 16 measured 0.45 of the step from 16 to 32 (its per-example memory, 31 KB, is mostly Gram matrices).
     peaks = [trial_step_peak(exp, gauge, size) for size in (16, 32, 64)]
@@ -90,31 +92,80 @@ def without_times(records):
     return [{k: v for k, v in r.items() if k not in ("time_s",)} for r in records]
 
 
-def test_a_run_with_auto_is_the_run_with_the_number_it_chose(tmp_path):
-    auto = train(compose(*QUICK, f"batch_size.max_micro_memory_gb={LIMIT_GB}"), tmp_path / "auto")
-    chosen = auto["max_micro_auto"]["max_micro"]
-    fixed = train(compose(*QUICK, f"batch_size.max_micro={chosen}"), tmp_path / "fixed")
-    assert "max_micro_auto" not in fixed
-    records = read_metrics(tmp_path / "auto")
-    assert without_times(records) == without_times(read_metrics(tmp_path / "fixed"))
-    train_records = list(read_metrics(tmp_path / "auto", "train"))
+AUTO_RUN = [*QUICK, "batch_size.engine=functorch", "train.checkpoint_every=100"]
+LIMITED = f"batch_size.max_micro_memory_gb={LIMIT_GB}"
+
+
+def run_worker(run_dir, kind="none", n=0, *overrides) -> int:
+    command = [sys.executable, "tests/interrupt_worker.py", str(run_dir), kind, str(n), *overrides]
+    return subprocess.run(command, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300).returncode
+
+
+@pytest.fixture(scope="module")
+def auto_run(tmp_path_factory):
+    """One run with auto under a memory limit, for the tests below (each launch costs a run)."""
+    run_dir = tmp_path_factory.mktemp("auto")
+    assert run_worker(run_dir, "none", 0, *AUTO_RUN, LIMITED) == 0
+    return run_dir
+
+
+@pytest.mark.slow
+def test_a_run_with_auto_is_the_run_with_the_number_it_chose(auto_run, tmp_path):
+    chosen = read_summary(auto_run)["max_micro_auto"]["max_micro"]
+    assert run_worker(tmp_path / "fixed", "none", 0, *AUTO_RUN[:-1], f"batch_size.max_micro={chosen}") == 0
+    assert "max_micro_auto" not in read_summary(tmp_path / "fixed")
+    assert without_times(read_metrics(auto_run)) == without_times(read_metrics(tmp_path / "fixed"))
+    train_records = list(read_metrics(auto_run, "train"))
     assert max(r["micro_batch_size"] for r in train_records) <= chosen
     assert any(r["accumulation"] > 1 for r in train_records)  # batches above the choice were split
-    assert read_summary(tmp_path / "auto")["max_micro_auto"]["max_micro"] == chosen
 
 
-def test_a_resumed_run_keeps_the_size_it_chose(tmp_path):
+@pytest.mark.slow
+def test_a_resumed_run_keeps_the_size_it_chose(auto_run, tmp_path):
     """Stopped by SIGTERM, then resumed on a "device" with more memory: the run goes on with its choice."""
-    overrides = [*QUICK, "batch_size.engine=functorch", "train.checkpoint_every=100"]
-    worker = [sys.executable, "tests/interrupt_worker.py"]
-    reference, run = tmp_path / "reference", tmp_path / "run"
-    limited = f"batch_size.max_micro_memory_gb={LIMIT_GB}"
-    assert subprocess.run([*worker, str(reference), "none", "0", *overrides, limited], cwd=ROOT, timeout=300).returncode == 0
-    assert subprocess.run([*worker, str(run), "term", "20", *overrides, limited], cwd=ROOT, timeout=300).returncode == 75
-    roomy = "batch_size.max_micro_memory_gb=1.0"
-    assert subprocess.run([*worker, str(run), "none", "0", *overrides, roomy], cwd=ROOT, timeout=300).returncode == 0
+    run = tmp_path / "run"
+    assert run_worker(run, "term", 20, *AUTO_RUN, LIMITED) == 75
+    assert run_worker(run, "none", 0, *AUTO_RUN, "batch_size.max_micro_memory_gb=1.0") == 0
     summary = read_summary(run)
     assert summary["resumes"] == 1
-    assert summary["max_micro_auto"] == read_summary(reference)["max_micro_auto"]
-    assert without_times(read_metrics(run)) == without_times(read_metrics(reference))
+    assert summary["max_micro_auto"] == read_summary(auto_run)["max_micro_auto"]
+    assert without_times(read_metrics(run)) == without_times(read_metrics(auto_run))
     assert json.loads(json.dumps(summary["max_micro_auto"]))["max_micro"] < 96
+
+
+RESIDENT_BUDGET = 64 * MIB  # what the process may grow by: binds well below the largest batch of 32x32 images
+STEPS_AT_CHOICE = '''
+import json, sys
+from helpers import compose
+from adabatch.run.experiment import build_experiment
+from adabatch.run.memory import peak_resident_bytes, reset_peak_resident, resident_bytes
+exp = build_experiment(compose(*json.loads(sys.argv[1])))
+adaptive, size = exp.adaptive, int(sys.argv[2])
+adaptive.max_micro = size
+before = resident_bytes()
+assert reset_peak_resident()
+for _ in range(3):  # tested steps of the size chosen, as the run takes them, with the optimizer's state
+    exp.optimizer.zero_grad(set_to_none=True)
+    adaptive.gradient(exp.data, exp.data.draw(size), tested=True)
+    exp.optimizer.step()
+print(peak_resident_bytes() - before)
+'''
+
+
+@pytest.mark.slow
+def test_on_the_cpu_the_choice_keeps_the_processs_resident_growth_within_its_budget(tmp_path):
+    """The process holds more than its live tensors (a convolution's im2col columns, the allocator's
+    kept pages): counted tensors alone chose a size whose steps grew a fresh process past the budget."""
+    rng = np.random.default_rng(0)
+    images, labels = rng.integers(0, 256, (600, 3, 32, 32), dtype=np.uint8), rng.integers(0, 10, 600)
+    np.savez(tmp_path / "images.npz", x_train=images[:500], y_train=labels[:500], x_test=images[500:], y_test=labels[500:])
+    overrides = [*QUICK[:-1], "dataset=npz", f"dataset.path={tmp_path / 'images.npz'}", "batch_size.max=400"]
+    choice = choose_max_micro(build_experiment(compose(*overrides)), resident_growth_bytes=RESIDENT_BUDGET)
+    assert 2 <= choice.max_micro < choice.upper == 400, choice.describe()  # the budget binds
+    assert any(peak is None for _, peak in choice.trials), choice.describe()  # a larger trial was stopped in time
+    script = [sys.executable, "-c", STEPS_AT_CHOICE, json.dumps(overrides), str(choice.max_micro)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "tests")}
+    result = subprocess.run(script, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    growth = int(result.stdout.split()[-1])
+    assert growth <= RESIDENT_BUDGET, (choice.describe(), growth / MIB)

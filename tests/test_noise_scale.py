@@ -12,9 +12,9 @@ from helpers import compose, per_example_gradients, tiny_problem
 from adabatch.batch_size import build_policy
 from adabatch.run_keys import run_keys
 from adabatch.batch_size.noise_scale import NoiseScale
-from adabatch.records import RunRecords, read_metrics, read_summary
+from adabatch.run.records import RunRecords, read_metrics, read_summary
 from adabatch.stats import BatchStatistics, Needs, build_engine, gradient_with_statistics
-from adabatch.training import train
+from adabatch.run.loop import train
 
 MULTIPLE, EMA = 1.5, 0.6
 

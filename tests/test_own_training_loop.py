@@ -10,9 +10,10 @@ import torch
 from helpers import ROOT, compose, per_example_gradients, tiny_problem
 
 from adabatch import AdaptiveBatch, Diverged
-from adabatch.records import read_metrics
+from adabatch.run.records import read_metrics
 from adabatch.stats import ENGINES, build_engine
-from adabatch.training import build_experiment, train
+from adabatch.run.experiment import build_experiment
+from adabatch.run.loop import train
 from adabatch.validation import plain
 
 EXAMPLE = ROOT / "examples" / "own_training_loop.py"

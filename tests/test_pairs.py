@@ -7,9 +7,10 @@ from adabatch.data.standin import write_standin_dataset
 from helpers import compose
 
 from adabatch.data import sources
-from adabatch.records import read_metrics
+from adabatch.run.records import read_metrics
 from adabatch.stats import OpacusEngine
-from adabatch.training import build_experiment, train
+from adabatch.run.experiment import build_experiment
+from adabatch.run.loop import train
 
 DATASETS = ("digits", "fashion_mnist", "mnist", "cifar10", "cifar100")
 TINY_MODELS = {

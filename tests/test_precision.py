@@ -15,7 +15,7 @@ from adabatch.data import TrainingData, build_augmentation
 from adabatch.data.from_config import dataset_from_config
 from adabatch.device import autocast
 from adabatch.models import model_from_config
-from adabatch.records import read_metrics
+from adabatch.run.records import read_metrics
 from adabatch.stats import ENGINES, Needs, build_engine, gradient_with_statistics
 from adabatch.step import accumulate_gradient
 from adabatch.validation import plain

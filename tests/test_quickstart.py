@@ -1,8 +1,8 @@
 """`make run` (experiment=quickstart): the paper's method on digits reaches 95% and grows the batch."""
 from helpers import compose
 
-from adabatch.records import read_metrics
-from adabatch.training import train
+from adabatch.run.records import read_metrics
+from adabatch.run.loop import train
 
 
 def test_quickstart_reaches_95_percent_with_a_growing_batch(tmp_path):

@@ -7,7 +7,7 @@ import sys
 
 from helpers import ROOT
 
-from adabatch.records import METRICS_FILE, PACKED_METRICS_FILE, SUMMARY_FILE, pack_metrics, read_metrics
+from adabatch.run.records import METRICS_FILE, PACKED_METRICS_FILE, SUMMARY_FILE, pack_metrics, read_metrics
 
 RECORDS = [{"kind": "eval", "step": 0, "test_acc": 0.1}, {"kind": "train", "step": 1, "train_loss": 2.5}]
 

@@ -13,10 +13,10 @@ import pytest
 import torch
 from helpers import ROOT, compose
 
-from adabatch.checkpoint import CHECKPOINT_FILE, load_checkpoint, restore
-from adabatch.preemption import PREEMPTED_EXIT_CODE
-from adabatch.records import MODEL_FILE, read_metrics, read_summary
-from adabatch.training import build_experiment
+from adabatch.run.checkpoint import CHECKPOINT_FILE, load_checkpoint
+from adabatch.run.preemption import PREEMPTED_EXIT_CODE
+from adabatch.run.records import MODEL_FILE, read_metrics, read_summary
+from adabatch.run.experiment import build_experiment
 
 OVERRIDES = [
     "experiment=quickstart", "device=cpu", "train.samples=8000", "train.eval_every=1500",
@@ -25,11 +25,17 @@ OVERRIDES = [
 ]
 TIMES = ("time_s", "train_time_s", "wall_time_s", "resumes")  # wall-clock, and how often a run was resumed
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+pytestmark = pytest.mark.slow  # every test here launches training processes
 
 
 def worker(run_dir, kind="none", n=0, overrides=OVERRIDES) -> int:
     command = [sys.executable, "tests/interrupt_worker.py", str(run_dir), kind, str(n), *overrides]
     return subprocess.run(command, cwd=ROOT, env=ENV, capture_output=True, timeout=300).returncode
+
+
+def counters(run_dir) -> dict:
+    """The checkpoint's counters: steps, samples and the next batch size."""
+    return load_checkpoint(run_dir)["experiment"]["adaptive"]
 
 
 def without_times(record: dict) -> dict:
@@ -65,10 +71,9 @@ def test_killed_or_stopped_anywhere_then_resumed_gives_the_uninterrupted_run(ref
         expected = PREEMPTED_EXIT_CODE if kind == "term" else -signal.SIGKILL
         assert worker(run_dir, kind, n) == expected, (kind, n)
         assert not (run_dir / "summary.json").exists()
-        progress.append(load_checkpoint(run_dir)["loop"]["samples"] if (run_dir / CHECKPOINT_FILE).exists() else 0)
+        progress.append(counters(run_dir)["samples"] if (run_dir / CHECKPOINT_FILE).exists() else 0)
         if kind == "term":  # the step under way when the signal came, then a checkpoint and its records
-            state = load_checkpoint(run_dir)
-            assert [r["step"] for r in read_metrics(run_dir, "train")][-1] == state["loop"]["step"]
+            assert [r["step"] for r in read_metrics(run_dir, "train")][-1] == counters(run_dir)["steps"]
     assert progress == sorted(progress) and len(set(progress)) >= 4  # each process got further before its end
     assert worker(run_dir) == 0
     assert read_summary(run_dir)["resumes"] >= 4
@@ -107,9 +112,49 @@ def test_ghost_measured_checkpoints_the_forms_it_chose_and_a_resumed_run_takes_t
     state = load_checkpoint(run_dir)
     exp = build_experiment(compose(*overrides))
     convolutions = {name for name, m in exp.model.named_modules() if isinstance(m, torch.nn.Conv2d)}
-    (forms,) = [engine["forms"] for engine in state["engine"]]
+    experiment = state["experiment"]
+    (forms,) = [engine["forms"] for engine in experiment["adaptive"]["engine"]]
     assert set(forms) == convolutions and set(forms.values()) <= {"gram", "formed"}
-    chosen = {name: "gram" for name in convolutions}  # whatever was measured: restore takes what it is given
-    restore(exp, {**state, "engine": [{"forms": chosen}]})
+    chosen = {name: "gram" for name in convolutions}  # whatever was measured: restoring takes what it is given
+    exp.load_state_dict({**experiment, "adaptive": {**experiment["adaptive"], "engine": [{"forms": chosen}]}})
     assert exp.engine.state_dict() == {"forms": chosen}
     assert worker(run_dir, overrides=overrides) == 0 and read_summary(run_dir)["resumes"] == 1
+
+
+# A small ViT on the 8x8 digits (4 patches of 4x4) with dropout; functorch refuses dropout, ghost runs it.
+DROPOUT = [*OVERRIDES[:-1], "batch_size.engine=ghost", "train.samples=3000", "model=vit", "+model.dropout=0.3",
+           "model.dim=16", "model.depth=1", "model.heads=2", "model.mlp_ratio=1"]
+
+
+def test_a_run_with_dropout_stopped_and_resumed_draws_the_masks_of_the_uninterrupted_run(tmp_path):
+    """The checkpoint holds the random generators: a resumed run draws the dropout masks the
+    uninterrupted run drew (without them it diverges at its first step after the resume)."""
+    reference, run_dir = tmp_path / "reference", tmp_path / "run"
+    assert worker(reference, overrides=DROPOUT) == 0
+    assert worker(run_dir, "term", 6, DROPOUT) == PREEMPTED_EXIT_CODE
+    assert counters(run_dir)["steps"] == 6
+    assert worker(run_dir, overrides=DROPOUT) == 0
+    assert read_summary(run_dir)["resumes"] == 1
+    assert_same_run(run_dir, reference)
+
+
+def as_format_1(state: dict) -> dict:
+    """A checkpoint as the code before the run package wrote it: the states flat, the counters in "loop"."""
+    experiment, adaptive = state["experiment"], state["experiment"]["adaptive"]
+    return {
+        "format": 1,
+        "loop": {"batch_size": adaptive["batch_size"], "step": adaptive["steps"], "samples": adaptive["samples"],
+                 **state["loop"]},
+        "model": experiment["model"], "optimizer": experiment["optimizer"], "policy": adaptive["policy"],
+        "data": experiment["data"], "rng": experiment["rng"], "engine": adaptive["engine"],
+        "reporter": state["reporter"],
+    }
+
+
+def test_a_checkpoint_of_format_1_resumes_to_the_uninterrupted_run(reference, tmp_path):
+    run_dir = tmp_path / "run"
+    assert worker(run_dir, "term", 7) == PREEMPTED_EXIT_CODE
+    torch.save(as_format_1(load_checkpoint(run_dir)), run_dir / CHECKPOINT_FILE)
+    assert load_checkpoint(run_dir)["experiment"]["adaptive"]["steps"] == 7  # read, and converted
+    assert worker(run_dir) == 0
+    assert_same_run(run_dir, reference)

@@ -14,10 +14,10 @@ import torch
 from helpers import ROOT, compose
 from omegaconf import OmegaConf
 
-from adabatch.checkpoint import CHECKPOINT_FILE, how_to_start, load_checkpoint
-from adabatch.preemption import PREEMPTED_EXIT_CODE
-from adabatch.records import MODEL_FILE, RunRecords, read_metrics, read_summary, write_atomic
-from adabatch.training import train
+from adabatch.run.checkpoint import CHECKPOINT_FILE, how_to_start, load_checkpoint
+from adabatch.run.preemption import PREEMPTED_EXIT_CODE
+from adabatch.run.records import MODEL_FILE, RunRecords, read_metrics, read_summary, write_atomic
+from adabatch.run.loop import train
 from adabatch.validation import ConfigError
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -34,8 +34,8 @@ def test_a_diverging_run_stops_with_its_records_and_last_checkpoint_intact(tmp_p
     assert "loss is" in summary["diverged_because"] or "statistic" in summary["diverged_because"]
     steps = [r["step"] for r in read_metrics(run_dir, "train")]
     assert steps == list(range(1, step))  # every step before the divergence, nothing after
-    state = load_checkpoint(run_dir)
-    assert 1000 <= state["loop"]["samples"] and state["loop"]["step"] < step
+    state = load_checkpoint(run_dir)["experiment"]
+    assert 1000 <= state["adaptive"]["samples"] and state["adaptive"]["steps"] < step
     assert all(torch.isfinite(v).all() for v in state["model"].values())
     assert not (run_dir / MODEL_FILE).exists()
     assert json.loads((run_dir / "summary.json").read_text())["diverged_at_step"] == step

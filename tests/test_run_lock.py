@@ -16,8 +16,8 @@ from pathlib import Path
 import torch
 from helpers import ROOT
 
-from adabatch.checkpoint import CHECKPOINT_FILE
-from adabatch.records import METRICS_FILE
+from adabatch.run.checkpoint import CHECKPOINT_FILE
+from adabatch.run.records import METRICS_FILE
 
 # Long enough not to end while a test looks at it (the tests stop it): a run of about half an hour.
 RUN = ["experiment=quickstart", "device=cpu", "batch_size.max=16", "train.samples=400000", "train.eval_every=100000",

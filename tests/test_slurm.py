@@ -14,8 +14,8 @@ import torch
 import yaml
 from helpers import ROOT
 
-from adabatch.checkpoint import CHECKPOINT_FILE
-from adabatch.records import MODEL_FILE, read_metrics, read_summary
+from adabatch.run.checkpoint import CHECKPOINT_FILE
+from adabatch.run.records import MODEL_FILE, read_metrics, read_summary
 
 TINY_RUN = ["device=cpu", "model=logistic", "train.samples=200", "train.eval_every=100", "batch_size=constant",
             "batch_size.initial=16"]

@@ -11,10 +11,11 @@ from adabatch.data import TrainingData, build_augmentation, load_dataset, source
 from adabatch.data.stream import IndexStream
 from adabatch.models import build_model
 from adabatch.optim import build_optimizer
-from adabatch.records import read_metrics, read_summary
+from adabatch.run.records import read_metrics, read_summary
 from adabatch.step import accumulate_gradient
-from adabatch.milestones import early_evaluation_points
-from adabatch.training import build_experiment, train
+from adabatch.run.milestones import early_evaluation_points
+from adabatch.run.experiment import build_experiment
+from adabatch.run.loop import train
 
 TINY = ("device=cpu", "train.eval_every=400", "train.progress_every_s=0")
 
@@ -113,8 +114,9 @@ def test_every_tested_step_is_on_record_whatever_log_every(tmp_path):
     summary = train(cfg, tmp_path)
     records = list(read_metrics(tmp_path, "train"))
     tested = [r for r in records if r.get("tested")]
+    assert tested, "no tested step is on record"
     assert [r["step"] for r in tested] == list(range(1, len(tested) + 1))  # tested until the cap, all on record
-    assert all(r["batch_size"] < 16 for r in tested)
+    assert all(r["batch_size"] < 16 for r in tested) and tested[-1]["next_batch_size"] == 16
     assert records[-1]["step"] == summary["steps"] and not records[-1].get("tested")
 
 

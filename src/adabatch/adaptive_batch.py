@@ -7,8 +7,9 @@ statistics and the next batch size.
     loss, statistics, next_size = adaptive.step(x, y)   # the batch-mean gradient is in .grad
     optimizer.step()
 
-`src/adabatch/training.py` runs every step through `step_on`, the same call on the project's own
-data stream; `step` hands it the caller's tensors.
+The CLI's loop (`src/adabatch/run/loop.py`) runs every step through `step_on`, the same call on the
+project's own data stream; `step` hands it the caller's tensors. Either way this object owns the
+counters (`steps`, `samples`, the next `batch_size`) and `state_dict` holds all a restart needs.
 """
 from __future__ import annotations
 
@@ -100,20 +101,21 @@ class AdaptiveBatch:
         returns (mean loss, statistics or None, the next batch's size). Raises `Diverged` when the loss
         or a statistic is not finite."""
         data = Tensors(x, y)
-        result = self.step_on(data, data.whole(), self.steps + 1, self.samples)
-        self.steps, self.samples, self.batch_size = self.steps + 1, self.samples + len(y), result.next_batch_size
-        return result
+        return self.step_on(data, data.whole())
 
-    def step_on(self, data: Examples, batch: Batch, step: int, samples: int) -> Step:
-        """`step` on examples `batch` of `data`: `step` is its 1-based number, `samples` how many
-        examples the steps before it processed."""
+    def step_on(self, data: Examples, batch: Batch) -> Step:
+        """`step` on examples `batch` of `data` (the run's next batch): the counters advance past it,
+        unless it diverged."""
+        step, samples = self.steps + 1, self.samples + len(batch)
         tested = self.policy.wants_statistics(step, len(batch))
         loss, statistics = self.gradient(data, batch, tested)
         problem = divergence(loss, statistics)
         if problem is not None:
             raise Diverged(problem)
-        decision = self.policy.decide(step=step, samples=samples + len(batch), batch_size=len(batch), statistics=statistics)
-        return Step(loss, decision.record if tested else None, self.world.agree(decision.next_size))
+        decision = self.policy.decide(step=step, samples=samples, batch_size=len(batch), statistics=statistics)
+        result = Step(loss, decision.record if tested else None, self.world.agree(decision.next_size))
+        self.steps, self.samples, self.batch_size = step, samples, result.next_batch_size
+        return result
 
     def gradient(self, data: Examples, batch: Batch, tested: bool) -> tuple[float, BatchStatistics | None]:
         """Leave the batch-mean gradient in .grad on every rank; return (the batch's mean loss, its

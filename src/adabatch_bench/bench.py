@@ -53,8 +53,8 @@ from adabatch.components import shipped
 from adabatch.data import ArrayDataset, TrainingData, build_augmentation
 from adabatch.device import autocast as make_autocast
 from adabatch.device import describe, synchronize
-from adabatch.memory import free_bytes
 from adabatch.models import model_from_config
+from adabatch.run.memory import free_bytes
 from adabatch.stats import ENGINES, build_engine, gradient_with_statistics
 from adabatch.step import accumulate_gradient
 from adabatch_bench import ROOT

@@ -22,9 +22,9 @@ from omegaconf import DictConfig
 
 from adabatch.adaptive_batch import divergence
 from adabatch.device import synchronize
-from adabatch.memory import Measurement, MemoryGauge
-from adabatch.micro_batch import AUTO, choose_max_micro
-from adabatch.training import adaptive_batch, build_experiment
+from adabatch.run.experiment import build_experiment
+from adabatch.run.memory import Measurement, MemoryGauge
+from adabatch.run.micro_batch import AUTO, choose_max_micro
 
 MICRO_BATCHES = (2, 4, 8)  # steps of this many micro-batches: peak memory measured at each
 TIMED_MICRO_BATCHES = 4  # step time: the faster of two such steps
@@ -77,7 +77,8 @@ def smoke_run(
         chosen = choose_max_micro(exp, cfg.batch_size.max_micro_memory_gb).max_micro
         micro = min(chosen, exp.data.num_examples // MICRO_BATCHES[-1])
     problems: list[str] = []
-    adaptive = adaptive_batch(exp, micro)
+    adaptive = exp.adaptive
+    adaptive.max_micro = micro
 
     def step(size: int, tested: bool, measure: bool) -> tuple[float, int | None]:
         batch = exp.data.draw(size)

@@ -21,7 +21,7 @@ from hydra import compose, initialize_config_dir
 
 from adabatch.data.standin import write_standin_dataset
 from adabatch.device import describe, resolve_device
-from adabatch.micro_batch import AUTO
+from adabatch.run.micro_batch import AUTO
 from adabatch_bench import ROOT
 from adabatch_bench.smoke import MEMORY_GROWTH_ALLOWED, MICRO_BATCHES, TIMED_MICRO_BATCHES, matmul_flops_per_second, smoke_run
 

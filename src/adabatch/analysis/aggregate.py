@@ -16,7 +16,7 @@ from functools import reduce
 
 import numpy as np
 
-from adabatch.milestones import early_evaluation_points
+from adabatch.run.milestones import early_evaluation_points
 
 from .runs import Run
 

@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 
 from adabatch.config_keys import KEYS_NOT_CHANGING_TRAINING
-from adabatch.records import CONFIG_FILE, SUMMARY_FILE, read_metrics, read_summary
+from adabatch.run.records import CONFIG_FILE, SUMMARY_FILE, read_metrics, read_summary
 
 # Dotted config keys (a key also covers everything under it) that differ between the seeds of one method.
 IGNORED_KEYS = ("seed", *KEYS_NOT_CHANGING_TRAINING)

@@ -14,8 +14,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from .distributed import SINGLE_PROCESS, World
-from .validation import ConfigError
+from ..distributed import SINGLE_PROCESS, World
+from ..validation import ConfigError
 
 LOCK_FILE = ".lock"
 

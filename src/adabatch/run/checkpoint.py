@@ -2,31 +2,33 @@
 
     <run_dir>/checkpoint.pt   written atomically (temporary file, fsync, rename) by rank 0
 
-It holds the model, the optimizer, the batch-size policy, the data stream, every random generator
-and the statistics engine's choices (per rank), the loop's counters, and where the records stood, so
-that a resumed run cuts its records back to that point and continues them without duplicates.
+The training loop builds it (format 2):
+
+    {"format": 2,
+     "experiment": Experiment.state_dict(): the model, the optimizer, the data stream, every rank's
+                   random generators, and "adaptive": the policy, the counters (steps, samples, the
+                   next batch size) and every rank's statistics-engine choices,
+     "loop": the loop's own clock and settings (LoopState: train and wall time, resumes, max_micro=auto's choice),
+     "reporter": where the records stood, so that a resumed run cuts its records back to that point
+                 and continues them without duplicates}
+
+Format 1 (the same states, flat, with the counters in "loop") is read and converted on loading.
 """
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
-from .config_keys import KEYS_NOT_CHANGING_TRAINING
-from .random_state import rng_state, set_rng_state
+from ..config_keys import KEYS_NOT_CHANGING_TRAINING
+from ..validation import ConfigError
 from .records import CONFIG_FILE, METRICS_FILE, MODEL_FILE, PACKED_METRICS_FILE, SUMMARY_FILE, write_atomic
-from .validation import ConfigError
-
-if TYPE_CHECKING:
-    from .reporting import Reporter
-    from .training import Experiment, LoopState
 
 CHECKPOINT_FILE = "checkpoint.pt"
-FORMAT = 1
+FORMAT = 2
 
 
 def save_checkpoint(run_dir: Path, state: dict[str, Any]) -> None:
@@ -35,6 +37,8 @@ def save_checkpoint(run_dir: Path, state: dict[str, Any]) -> None:
 
 def load_checkpoint(run_dir: Path) -> dict[str, Any]:
     state = torch.load(run_dir / CHECKPOINT_FILE, map_location="cpu", weights_only=False)
+    if state.get("format") == 1:
+        state = from_format_1(state)
     if state.get("format") != FORMAT:
         raise ConfigError(f"{run_dir / CHECKPOINT_FILE} has format {state.get('format')}, this code reads {FORMAT}")
     return state
@@ -53,34 +57,22 @@ def remove_earlier_run(run_dir: Path) -> None:
         (run_dir / name).unlink(missing_ok=True)
 
 
-def write_checkpoint(exp: Experiment, loop: LoopState, reporter: Reporter, run_dir: Path) -> None:
-    """All ranks call this (their generators are gathered); rank 0 writes."""
-    rng = exp.world.gather(rng_state())  # every rank's generators: dropout draws differ across ranks
-    engine = exp.world.gather(exp.engine.state_dict() if exp.engine else {})  # ghost_measured: each rank's forms
-    if exp.world.is_main:
-        save_checkpoint(run_dir, {
-            "loop": dataclasses.asdict(loop),
-            "model": exp.model.state_dict(),
-            "optimizer": exp.optimizer.state_dict(),
-            "policy": exp.policy.state_dict(),
-            "data": exp.data.state_dict(),
-            "rng": rng,
-            "engine": engine,
-            "reporter": reporter.state_dict(),
-        })
-
-
-def restore(exp: Experiment, state: dict[str, Any]) -> None:
-    """The components' states, on every rank; the loop's counters are state["loop"]."""
-    exp.model.load_state_dict(state["model"])
-    exp.optimizer.load_state_dict(state["optimizer"])
-    exp.policy.load_state_dict(state["policy"])
-    exp.data.load_state_dict(state["data"])
-    rng, engine = state["rng"], state.get("engine")  # checkpoints from before ghost_measured hold no engine
-    rank = exp.world.rank if exp.world.rank < len(rng) else 0  # more ranks than before: rank 0's
-    set_rng_state(rng[rank])
-    if exp.engine is not None and engine:
-        exp.engine.load_state_dict(engine[rank])
+def from_format_1(state: dict[str, Any]) -> dict[str, Any]:
+    """A format-1 checkpoint (written before the run package) in format 2: the same states, regrouped."""
+    loop = state["loop"]
+    return {
+        "format": 2,
+        "experiment": {
+            "model": state["model"], "optimizer": state["optimizer"], "data": state["data"], "rng": state["rng"],
+            "adaptive": {
+                "policy": state["policy"], "batch_size": loop["batch_size"], "steps": loop["step"],
+                "samples": loop["samples"],
+                "engine": state.get("engine") or [{}] * len(state["rng"]),  # none before ghost_measured
+            },
+        },
+        "loop": {key: loop[key] for key in ("max_micro_auto", "train_time", "wall_time", "resumes") if key in loop},
+        "reporter": state["reporter"],
+    }
 
 
 def how_to_start(cfg: DictConfig, run_dir: Path) -> str:

@@ -1,0 +1,120 @@
+"""A run's experiment: the components built from the config, and ONE state_dict for all of them."""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+from torch.nn.parallel import DistributedDataParallel
+
+from ..adaptive_batch import AdaptiveBatch
+from ..batch_size import AdaptiveTest, BatchSizePolicy, build_policy, cap_batch_sizes
+from ..data import ArrayDataset, TrainingData, build_augmentation
+from ..data.from_config import dataset_from_config
+from ..device import autocast, resolve_device
+from ..distributed import SINGLE_PROCESS, World
+from ..models import model_from_config
+from ..optim import build_optimizer
+from ..random_state import rng_state, set_rng_state
+from ..schedules import Schedule, build_schedule
+from ..stats import StatisticsEngine, build_engine
+from ..validation import check_config, check_model, plain
+
+
+@dataclass
+class Experiment:
+    """Everything a run is made of, built from the config. `adaptive` owns the batch-size policy, its
+    statistics engine and the run's counters (steps, samples, the next batch size)."""
+
+    world: World
+    device: torch.device
+    dataset: ArrayDataset
+    data: TrainingData
+    model: torch.nn.Module
+    step_model: torch.nn.Module  # what untested steps run: the model, in DDP across ranks, compiled if asked
+    optimizer: torch.optim.Optimizer
+    schedule: Schedule
+    adaptive: AdaptiveBatch
+    autocast: contextlib.AbstractContextManager
+    capped_batch_sizes: dict[str, Any]  # {batch_size key: value asked for} where it exceeded the training set
+
+    @property
+    def policy(self) -> BatchSizePolicy:
+        return self.adaptive.policy
+
+    @property
+    def engine(self) -> StatisticsEngine | None:  # per-example statistics, for the adaptive tests only
+        return self.adaptive.engine
+
+    def state_dict(self) -> dict[str, Any] | None:
+        """What the components need to continue exactly where they are: the weights, the optimizer,
+        the data stream, the policy with the counters, and every rank's random generators and engine
+        choices (dropout draws and ghost_measured's forms differ across ranks). Every rank calls it
+        (it gathers); rank 0 gets the state, the others None."""
+        adaptive = self.adaptive.state_dict()
+        rng = self.world.gather(rng_state())
+        engines = self.world.gather(adaptive.pop("engine"))
+        if not self.world.is_main:
+            return None
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "data": self.data.state_dict(),
+            "adaptive": {**adaptive, "engine": engines},
+            "rng": rng,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """On every rank; a run resumed on more ranks than it had gives the new ones rank 0's share."""
+        rank = self.world.rank if self.world.rank < len(state["rng"]) else 0
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.data.load_state_dict(state["data"])
+        adaptive = state["adaptive"]
+        self.adaptive.load_state_dict({**adaptive, "engine": adaptive["engine"][rank]})
+        set_rng_state(state["rng"][rank])
+
+
+def build_experiment(cfg: DictConfig, world: World = SINGLE_PROCESS) -> Experiment:
+    """The experiment of `cfg`, after checking it (`train` checks once, before it takes the run directory)."""
+    check_config(cfg, world)
+    return build_checked_experiment(cfg, world)
+
+
+def build_checked_experiment(cfg: DictConfig, world: World) -> Experiment:
+    device = resolve_device(cfg.device, world.local_rank)
+    torch.manual_seed(cfg.seed)
+    with world.main_first():  # rank 0 downloads what is missing; the others then find it
+        dataset = dataset_from_config(plain(cfg.dataset), cfg.data_dir).to(device)
+    data = TrainingData(dataset, build_augmentation(cfg.dataset.augmentation), cfg.seed, device)
+    model = model_from_config(plain(cfg.model), dataset.input_shape, dataset.num_classes)
+    population = dataset.num_train
+    batch_options, capped = cap_batch_sizes(plain(cfg.batch_size), population)  # batches hold distinct examples
+    policy = build_policy(batch_options, budget=cfg.train.samples, population=population)
+    check_model(model, policy, cfg)
+    model = model.to(device)
+    engine = None
+    if isinstance(policy, AdaptiveTest):
+        engine = build_engine(cfg.batch_size.engine, model)  # on the bare model: tested steps reduce their own sums
+    step_model = model
+    if world.size > 1:
+        step_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    step_model = torch.compile(step_model) if cfg.train.compile else step_model
+    precision = autocast(device, cfg.train.precision)
+    max_micro = cfg.batch_size.max_micro  # "auto": the loop's search sets adaptive.max_micro
+    return Experiment(
+        world=world,
+        device=device,
+        dataset=dataset,
+        data=data,
+        model=model,
+        step_model=step_model,
+        optimizer=build_optimizer(plain(cfg.optimizer), model.parameters()),
+        schedule=build_schedule(plain(cfg.schedule)),
+        adaptive=AdaptiveBatch(model, policy, engine, None if max_micro == "auto" else max_micro,
+                               step_model=step_model, autocast=precision, world=world),
+        autocast=precision,
+        capped_batch_sizes=capped,
+    )
