@@ -4,18 +4,28 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 from torch import nn
 
 from ..sums import GradientSums, add
-from .forms import Workspace
+from .forms import FormPolicy, Workspace
 from .rules import LayerRule
 from .rules.base import formed_sums
 
-if TYPE_CHECKING:
-    from .engine import GhostEngine
+
+
+class LayerRules(Protocol):
+    """What a capture reads of its engine (the GhostEngine; named here, not imported: no import circle)."""
+
+    params: list[nn.Parameter]
+    names: dict[nn.Module, str]
+    rules: dict[nn.Module, LayerRule]
+    index: dict[nn.Parameter, int]
+    formed_together: set[nn.Module]
+    policy: FormPolicy
+    layer_hook: LayerHook | None
 
 
 @dataclass
@@ -44,7 +54,7 @@ class Capture:
     A parameter that several modules share gets every module's per-example gradients, added per
     example, and only then its sums (`finish`): adding the modules' squared norms would be wrong."""
 
-    def __init__(self, engine: GhostEngine, sums: GradientSums, examples: int, keep: bool = False,
+    def __init__(self, engine: LayerRules, sums: GradientSums, examples: int, keep: bool = False,
                  directions: dict[nn.Parameter, torch.Tensor] | None = None) -> None:
         self.engine = engine
         self.sums = sums
