@@ -19,6 +19,7 @@ from .checkpoint import (
 )
 from .data import ArrayDataset, TrainingData, build_augmentation, evaluation_batches, plan_layout
 from .data.from_config import dataset_from_config
+from .data.holdout import hold_out, holdout_record
 from .device import autocast, resolve_device
 from .distributed import SINGLE_PROCESS, World
 from .micro_batch import AUTO, choose_max_micro
@@ -51,6 +52,7 @@ class Experiment:
     engine: StatisticsEngine | None  # per-example statistics, for the adaptive tests only
     autocast: contextlib.AbstractContextManager
     capped_batch_sizes: dict[str, Any]  # {batch_size key: value asked for} where it exceeded the training set
+    held_out: dict[str, Any]  # what the summary records of the validation split ({} without one)
 
 
 def build_experiment(cfg: DictConfig, world: World = SINGLE_PROCESS) -> Experiment:
@@ -58,7 +60,10 @@ def build_experiment(cfg: DictConfig, world: World = SINGLE_PROCESS) -> Experime
     device = resolve_device(cfg.device, world.local_rank)
     torch.manual_seed(cfg.seed)
     with world.main_first():  # rank 0 downloads what is missing; the others then find it
-        dataset = dataset_from_config(plain(cfg.dataset), cfg.data_dir).to(device)
+        dataset = dataset_from_config(plain(cfg.dataset), cfg.data_dir)
+    validation = cfg.dataset.get("validation", 0)
+    held_out = holdout_record(dataset.num_train, validation)
+    dataset = hold_out(dataset, validation).to(device)
     data = TrainingData(dataset, build_augmentation(cfg.dataset.augmentation), cfg.seed, device)
     model = model_from_config(plain(cfg.model), dataset.input_shape, dataset.num_classes)
     population = dataset.num_train
@@ -85,6 +90,7 @@ def build_experiment(cfg: DictConfig, world: World = SINGLE_PROCESS) -> Experime
         engine=engine,
         autocast=autocast(device, cfg.train.precision),
         capped_batch_sizes=capped,
+        held_out=held_out,
     )
 
 
@@ -164,13 +170,14 @@ def _train(cfg: DictConfig, run_dir: Path, world: World) -> dict[str, Any]:
 
         test_loss, test_acc = on("test")
         train_eval_loss, train_eval_acc = on("train", cfg.train.eval_train_examples)
+        validation = dict(zip(("validation_loss", "validation_acc"), on("validation"))) if exp.dataset.num_validation else {}
         reporter.evaluation(step=step, samples=samples, test_loss=test_loss, test_acc=test_acc,
-                            train_eval_loss=train_eval_loss, train_eval_acc=train_eval_acc)
+                            train_eval_loss=train_eval_loss, train_eval_acc=train_eval_acc, **validation)
 
     def summary(status: str, **fields: Any) -> dict[str, Any]:
         return reporter.finish(
             status=status, steps=loop.step, samples=loop.samples, train_time_s=loop.train_time,
-            wall_time_s=wall_time(), world_size=world.size, resumes=loop.resumes, **capped_from, **fields,
+            wall_time_s=wall_time(), world_size=world.size, resumes=loop.resumes, **capped_from, **exp.held_out, **fields,
             **({"max_micro_auto": loop.max_micro_auto} if loop.max_micro_auto else {}),
         )
 
