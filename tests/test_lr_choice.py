@@ -49,3 +49,19 @@ def test_the_script_writes_the_choice_and_lists_the_reruns(tmp_path):
     assert rerun_ids(tmp_path / "none.json") == []
     missing = subprocess.run([*script, str(tmp_path / "nowhere"), "--out", str(out)], capture_output=True, text=True)
     assert missing.returncode == 2 and missing.stderr.startswith("error: the grid's runs directory")
+
+
+def test_the_comparison_puts_each_method_at_the_papers_rate_beside_its_chosen_rate(tmp_path):
+    from adabatch.analysis.lr_comparison import write_comparison
+
+    write_grid(tmp_path / "grid")
+    reruns = tmp_path / "reruns" / "norm_test-adagrad" / "lr_0.032" / "seed2"
+    reruns.mkdir(parents=True)
+    (reruns / "config.yaml").write_text(yaml.safe_dump({"seed": 2, "method": "AdAdaGrad (norm test)"}))
+    (reruns / "summary.json").write_text(json.dumps({"status": "completed", "steps": 30, "final_test_acc": 0.875,
+                                                     "final_validation_acc": 0.5}))
+    chosen = {"methods": {"norm_test-adagrad": {"lr": "0.032"}}}
+    table, figure = write_comparison(tmp_path / "grid", tmp_path / "reruns", chosen, "0.008", tmp_path / "out")
+    row = table.read_text().splitlines()[-1]
+    assert row == "| AdAdaGrad (norm test) (`norm_test-adagrad`) | 0.008 | 2/2 | 10 | 71.00 | 50.00 | 0.032 | 1/1 | 30 | 50.00 | 87.50 |"
+    assert figure.stat().st_size > 0
