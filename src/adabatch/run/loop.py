@@ -66,8 +66,9 @@ def evaluate(cfg: DictConfig, exp: Experiment, split: str, limit: int | None = N
 def run_evaluation(cfg: DictConfig, exp: Experiment, reporter: Reporter, step: int, samples: int) -> None:
     test_loss, test_acc = evaluate(cfg, exp, "test")
     train_eval_loss, train_eval_acc = evaluate(cfg, exp, "train", cfg.train.eval_train_examples)
+    validation = dict(zip(("validation_loss", "validation_acc"), evaluate(cfg, exp, "validation"))) if exp.dataset.num_validation else {}
     reporter.evaluation(step=step, samples=samples, test_loss=test_loss, test_acc=test_acc,
-                        train_eval_loss=train_eval_loss, train_eval_acc=train_eval_acc)
+                        train_eval_loss=train_eval_loss, train_eval_acc=train_eval_acc, **validation)
 
 
 def train(cfg: DictConfig, run_dir: Path, world: World = SINGLE_PROCESS) -> dict[str, Any]:
@@ -121,7 +122,7 @@ def _train(cfg: DictConfig, run_dir: Path, world: World) -> dict[str, Any]:
     def summary(status: str, **fields: Any) -> dict[str, Any]:
         return reporter.finish(
             status=status, steps=adaptive.steps, samples=adaptive.samples, train_time_s=loop.train_time,
-            wall_time_s=wall_time(), world_size=world.size, resumes=loop.resumes, **capped_from, **fields,
+            wall_time_s=wall_time(), world_size=world.size, resumes=loop.resumes, **capped_from, **exp.held_out, **fields,
             **({"max_micro_auto": loop.max_micro_auto} if loop.max_micro_auto else {}),
         )
 
