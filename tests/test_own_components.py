@@ -13,7 +13,7 @@ import numpy as np
 import yaml
 from helpers import ROOT, compose
 
-from adabatch.run.loop import train
+from adabatch.run import loop
 from adabatch.run.records import read_metrics
 
 PACKAGE = '''
@@ -106,7 +106,7 @@ def train(root, run: str, *overrides: str) -> tuple[dict, list[dict]]:
 def train_in_process(root, run: str, *overrides: str) -> list[dict]:
     """The same run in this process (the study's code on sys.path): its training records."""
     cfg = compose(f"hydra.searchpath=[file://{root / 'configs'}]", *COMMON, *overrides)
-    train(cfg, root / run)
+    loop.train(cfg, root / run)
     return list(read_metrics(root / run, "train"))
 
 
