@@ -88,10 +88,16 @@ CPU_METHODS := constant_small-adagrad constant_large-adagrad linear_ramp-adagrad
 # The frontier's extra points run with FRONTIER_SEEDS (a mean and a spread each), the row's methods with SEEDS.
 FRONTIER = $(foreach b,$(1),constant_small-adagrad/b0_$(b)) $(foreach e,$(2),norm_test-adagrad/eta_$(e))
 FRONTIER_SEEDS ?= 0 1
-fashion_logistic_RUNS := $(CPU_METHODS) augmented_test-adagrad
+# The tests the paper's logistic row leaves out: inner-product (theta = plan.theta), coordinate-wise (the
+# paper's max over coordinates, and its 0.9-quantile), and the norm test corrected for a finite population.
+fashion_logistic_RUNS := $(CPU_METHODS) augmented_test-adagrad inner_product_test-adagrad coordinate_test-adagrad \
+  coordinate_test-adagrad/quantile_0.9 norm_test_finite-adagrad
 fashion_logistic_FRONTIER := $(call FRONTIER,8 32 128 512 2048 8192 32768 60000,0.05 0.25 0.5 1)
 cpu_digits_cnn_RUNS := $(CPU_METHODS)
 cpu_digits_cnn_FRONTIER := $(call FRONTIER,16 64 256,0.05 0.1 0.25 0.5)
+# The paper's MNIST CNN row at full scale on Fashion-MNIST (~1 core-hour a run: not part of the default).
+fashion_cnn_RUNS := $(fashion_logistic_RUNS)
+fashion_cnn_FRONTIER := $(call FRONTIER,32 128 512 2048 8192 60000,0.25 1)
 
 PAPER_EXPERIMENTS := mnist_logistic mnist_cnn cifar10_resnet18 cifar10_resnet50 cifar100_resnet50 cifar10_vit
 BASELINES = constant_small-$(1) constant_large-$(1) linear_ramp-$(1) stagewise-$(1)
@@ -105,16 +111,39 @@ cifar10_vit_RUNS := $(call BASELINES,adamw) norm_test-adamw augmented_test-adamw
 run_targets = $(foreach e,$(2),$(foreach r,$($(e)_RUNS),$(foreach s,$(SEEDS),results/$(1)/runs/$(e)/$(r)/seed$(s)/summary.json)) \
   $(foreach r,$($(e)_FRONTIER),$(foreach s,$(FRONTIER_SEEDS),results/$(1)/runs/$(e)/$(r)/seed$(s)/summary.json)))
 CPU_RUN_TARGETS := $(call run_targets,cpu,$(CPU_EXPERIMENTS))
+
+# The learning-rate study (SUITE=lr_study): on fashion_logistic with 5000 training examples held out, each
+# method of LR_METHODS at each of LR_GRID (8e-3 x 1/4 .. 64) with LR_SEEDS; scripts/choose_lr.py picks each
+# method's rate by final validation accuracy (never the test set) into LR_CHOSEN, which the reruns
+# (LR_RERUN_SEEDS, seeds the choice never saw) read.
+LR_METHODS := constant_small-adagrad/b0_128 constant_large-adagrad constant_small-adagrad/b0_60000 \
+  norm_test-adagrad norm_test-adagrad/eta_1 linear_ramp-adagrad
+LR_GRID := 0.002 0.008 0.032 0.128 0.512
+LR_SEEDS ?= 0 1
+LR_RERUN_SEEDS ?= 2 3 4
+LR_RUNS := results/lr_study/runs
+LR_CHOSEN := results/lr_study/chosen_lr.json
+LR_GRID_TARGETS := $(foreach m,$(LR_METHODS),$(foreach r,$(LR_GRID),$(foreach s,$(LR_SEEDS),\
+  $(LR_RUNS)/fashion_logistic_lr_grid/$(m)/lr_$(r)/seed$(s)/summary.json)))
+lr_chosen_ids = $(shell $(PYTHON) scripts/choose_lr.py --ids $(LR_CHOSEN))
+LR_RERUN_TARGETS = $(foreach i,$(lr_chosen_ids),$(foreach s,$(LR_RERUN_SEEDS),\
+  $(LR_RUNS)/fashion_logistic_lr_chosen/$(i)/seed$(s)/summary.json))
 PAPER_RUN_TARGETS := $(call run_targets,paper,$(PAPER_EXPERIMENTS))
 
-# $(call train_run,<experiment>/<method>-<optimizer>[/<plan key>_<value>]/seed<k>,<run dir>)
+# $(call train_run,<experiment>/<method>-<optimizer>[/<key>_<value>...]/seed<k>,<run dir>)
 word_of = $(word $(2),$(subst $(3), ,$(1)))
-# <key>_<value> -> plan.<key>=<value> (the key is what comes before the last "_")
-plan_override = $(if $(1),plan.$(patsubst %_$(lastword $(subst _, ,$(1))),%,$(1))=$(lastword $(subst _, ,$(1))))
+# Each <key>_<value> between the method and the seed overrides one setting: the key (what comes before the
+# last "_") is a plan key, unless OVERRIDE_PATH_<key> names the config key it sets.
+OVERRIDE_PATH_lr := optimizer.lr
+OVERRIDE_PATH_quantile := batch_size.quantile
+OVERRIDE_PATH_validation := dataset.validation
+override_key = $(patsubst %_$(lastword $(subst _, ,$(1))),%,$(1))
+run_override = $(or $(OVERRIDE_PATH_$(call override_key,$(1))),plan.$(call override_key,$(1)))=$(lastword $(subst _, ,$(1)))
+run_overrides = $(foreach o,$(filter-out seed%,$(wordlist 3,99,$(subst /, ,$(1)))),$(call run_override,$(o)))
 define train_run
 $(PY) src/train.py experiment=$(call word_of,$(1),1,/) method=$(call word_of,$(call word_of,$(1),2,/),1,-) \
   optimizer=$(call word_of,$(call word_of,$(1),2,/),2,-) seed=$(patsubst seed%,%,$(lastword $(subst /, ,$(1)))) \
-  $(call plan_override,$(if $(call word_of,$(1),4,/),$(call word_of,$(1),3,/))) \
+  $(call run_overrides,$(1)) \
   train.progress_every_s=60 hydra.run.dir=$(2) $(RUN_ARGS)
 endef
 
@@ -125,16 +154,53 @@ results/cpu/runs/%/summary.json: | $(SYNCED)
 results/paper/runs/%/summary.json: | $(SYNCED)
 	$(call train_run,$*,$(@D))
 
+$(LR_RUNS)/%/summary.json: | $(SYNCED)
+	OMP_NUM_THREADS=1 $(call train_run,$*,$(@D))
+
 .PHONY: reproduce reproduce-cpu cpu-runs paper-runs figures data data-fashion-mnist data-kjv pack-runs smoke-paper paper-run-ids
 JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 
-## The CPU reproduction on real data (Fashion-MNIST at the paper's scale, digits): runs, figures, tables
-reproduce-cpu: | $(SYNCED) data-fashion-mnist
-	$(MAKE) -k -j$(JOBS) cpu-runs
-	$(MAKE) pack-runs RUNS=results/cpu/runs
-	$(MAKE) figures RUNS=results/cpu/runs OUT=results/cpu
+# Named suites of reproduce-cpu (SUITE=<name>): each its runs (make targets: an interrupted suite resumes),
+# then pack-runs and figures. Without SUITE: the CPU experiments, fashion_logistic and cpu_digits_cnn.
+SUITES := fashion_logistic cpu_digits_cnn fashion_cnn lr_study
+SUITE ?=
+suite_runs = $(if $(SUITE),suite-$(SUITE),cpu-runs)
+
+## The CPU reproduction on real data: runs, figures, tables (SUITE=fashion_logistic|cpu_digits_cnn|fashion_cnn|lr_study: one suite)
+reproduce-cpu: | suite-known $(SYNCED) data-fashion-mnist
+	$(MAKE) -k -j$(JOBS) $(suite_runs)
+	$(if $(filter lr_study,$(SUITE)),$(MAKE) lr-study-figures,$(MAKE) pack-runs RUNS=results/cpu/runs && $(MAKE) figures RUNS=results/cpu/runs OUT=results/cpu)
 
 cpu-runs: $(CPU_RUN_TARGETS)
+
+.PHONY: suite-known
+suite-known:
+	@if [ -n "$(SUITE)" ] && ! echo " $(SUITES) " | grep -q " $(SUITE) "; then \
+	  echo "error: SUITE=$(SUITE) is unknown; choose one of $(SUITES) (or none: fashion_logistic and cpu_digits_cnn)" >&2; exit 2; fi
+
+.PHONY: suite-fashion_logistic suite-cpu_digits_cnn suite-fashion_cnn suite-lr_study lr-grid-runs lr-chosen-runs lr-study-figures
+suite-fashion_logistic: $(call run_targets,cpu,fashion_logistic)
+suite-cpu_digits_cnn: $(call run_targets,cpu,cpu_digits_cnn)
+suite-fashion_cnn: $(call run_targets,cpu,fashion_cnn)
+
+# The grid, the choice, then the reruns (a make of their own: their targets come from the choice).
+suite-lr_study: lr-grid-runs
+	$(MAKE) $(LR_CHOSEN)
+	$(MAKE) -k -j$(JOBS) lr-chosen-runs
+
+lr-grid-runs: $(LR_GRID_TARGETS)
+
+$(LR_CHOSEN): $(LR_GRID_TARGETS) | $(SYNCED)
+	$(PY) scripts/choose_lr.py $(LR_RUNS)/fashion_logistic_lr_grid --out $@
+
+lr-chosen-runs: $(LR_RERUN_TARGETS)
+
+## The learning-rate study's tables and figures from its records: results/lr_study/ (comparison.md: chosen vs 8e-3)
+lr-study-figures: | $(SYNCED)
+	$(PY) scripts/pack_runs.py $(LR_RUNS)
+	$(PY) scripts/make_figures.py $(LR_RUNS) --out results/lr_study --title "Learning-rate study"
+	$(PY) scripts/choose_lr.py $(LR_RUNS)/fashion_logistic_lr_grid --compare $(LR_RUNS)/fashion_logistic_lr_chosen \
+	  --chosen $(LR_CHOSEN) --out-dir results/lr_study
 
 ## The paper's experiments, for a GPU node (one run at a time): runs, figures, tables
 reproduce: | $(SYNCED)
@@ -157,8 +223,7 @@ gpu-check: | $(SYNCED)
 paper-run-ids:
 	@echo $(foreach e,$(PAPER_EXPERIMENTS),$(foreach r,$($(e)_RUNS),$(e)/$(r)))
 
-## Figures and tables from run records alone (a run, a directory of runs, or a Hydra multirun); then the
-## README's and docs/' generated blocks from the committed tables
+## Figures and tables from run records alone (RUNS: a run, a directory of runs or a multirun), then the docs' generated blocks
 RUNS ?= results/cpu/runs
 OUT ?= results/cpu
 figures: | $(SYNCED)

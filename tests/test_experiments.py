@@ -15,12 +15,15 @@ from adabatch.schedules import build_schedule
 def planned_runs(target: str) -> list[list[str]]:
     dry_run = subprocess.run(["make", "-n", "-B", "--no-print-directory", target], cwd=ROOT,
                              capture_output=True, text=True, check=True).stdout
-    return [re.findall(r"(?:experiment|method|optimizer|seed|plan\.\w+)=\S+", line) for line in dry_run.splitlines()
+    return [re.findall(r"(?:experiment|method|optimizer|seed|(?:plan|optimizer|batch_size|dataset)\.\w+)=\S+", line)
+            for line in dry_run.splitlines()
             if "src/train.py" in line]
 
 
-# cpu-runs: each experiment's row (8 and 7 methods) x 3 seeds, and its frontier (12 and 7 more points) x 2 seeds
-@pytest.mark.parametrize("target, count", [("cpu-runs", (8 + 7) * 3 + (12 + 7) * 2), ("paper-runs", 39 * 3)])
+# cpu-runs: each experiment's row (12 and 7 methods) x 3 seeds, and its frontier (12 and 7 more points) x 2 seeds;
+# suite-fashion_cnn: the logistic row's 12 methods x 3 seeds and 8 frontier points x 2 seeds
+@pytest.mark.parametrize("target, count", [("cpu-runs", (12 + 7) * 3 + (12 + 7) * 2), ("paper-runs", 39 * 3),
+                                           ("suite-fashion_cnn", 12 * 3 + 8 * 2)])
 def test_every_planned_run_composes(target, count):
     runs = planned_runs(target)
     assert len(runs) == count and len({tuple(r) for r in runs}) == count
@@ -61,3 +64,21 @@ def test_frontier_runs_override_one_plan_key():
     runs = [r for r in planned_runs("cpu-runs") if any(o.startswith("plan.") for o in r)]
     assert {o for r in runs for o in r if o.startswith("plan.")} >= {"plan.b0=8", "plan.b0=60000", "plan.eta=0.05"}
     assert all(sum(o.startswith("plan.") for o in r) == 1 for r in runs)
+
+
+def test_the_lr_study_grid_holds_out_5000_and_sweeps_five_rates_per_method():
+    runs = planned_runs("lr-grid-runs")
+    assert len(runs) == 6 * 5 * 2 and len({tuple(r) for r in runs}) == 6 * 5 * 2
+    rates = set()
+    for overrides in {tuple(r[:3] + r[4:]) for r in runs}:
+        cfg = OmegaConf.to_container(compose(*overrides), resolve=True)
+        assert cfg["experiment_name"] == "fashion_logistic_lr_grid" and cfg["dataset"]["validation"] == 5000
+        assert cfg["optimizer"]["name"] == "adagrad"
+        rates.add(cfg["optimizer"]["lr"])
+    assert sorted(rates) == [0.002, 0.008, 0.032, 0.128, 0.512]  # 8e-3 x 1/4, 1, 4, 16, 64
+
+
+def test_an_unknown_suite_is_refused_in_one_line():
+    done = subprocess.run(["make", "--no-print-directory", "reproduce-cpu", "SUITE=nope"], cwd=ROOT,
+                          capture_output=True, text=True)
+    assert done.returncode != 0 and "SUITE=nope is unknown; choose one of fashion_logistic" in done.stderr

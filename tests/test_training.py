@@ -86,7 +86,7 @@ def test_same_seed_same_run_and_log_every(tmp_path):
     a = list(read_metrics(tmp_path / "a", "train"))
     b = list(read_metrics(tmp_path / "b", "train"))
     steps = [r["step"] for r in b]
-    assert steps == [s for s in range(1, len(a) + 1) if s % 4 == 0] + ([len(a)] if len(a) % 4 else [])
+    assert steps == [1] + [s for s in range(1, len(a) + 1) if s % 4 == 0] + ([len(a)] if len(a) % 4 else [])
     by_step = {r["step"]: r for r in a}
     for r in b:
         assert r["train_loss"] == by_step[r["step"]]["train_loss"] and r["lr"] == by_step[r["step"]]["lr"]

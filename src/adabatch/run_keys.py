@@ -12,7 +12,7 @@ from omegaconf import DictConfig, open_dict
 NAME = object()  # the default of a label: the component's name
 
 RUN_KEYS: dict[str, dict[str, Any]] = {
-    "dataset": {"name": NAME, "augmentation": "none"},
+    "dataset": {"name": NAME, "augmentation": "none", "validation": 0},
     "model": {"name": NAME},
     "optimizer": {"name": NAME, "label": NAME, "tested_label": NAME},
     "schedule": {"name": NAME},

@@ -104,8 +104,16 @@ def find_run_dirs(paths: Iterable[str | Path]) -> list[Path]:
     return list(found)
 
 
+# Config keys added after runs were recorded, with the value that those runs had: a record without the key
+# is grouped with the runs that spell it out.
+ADDED_KEYS = {"dataset": {"validation": 0}}
+
+
 def load_run(run_dir: Path) -> Run:
     config = yaml.safe_load((run_dir / CONFIG_FILE).read_text()) or {}
+    for section, defaults in ADDED_KEYS.items():
+        if isinstance(config.get(section), dict):
+            config[section] = {**config[section], **{k: v for k, v in defaults.items() if k not in config[section]}}
     return Run(path=run_dir, config=config, summary=read_summary(run_dir))
 
 

@@ -31,8 +31,9 @@ class Column:
 def samples_before_the_cap(run: Run) -> float | None:
     """Samples processed before the first step at the run's cap (batch_size.max): those of the first
     training record whose next batch has that size. Nothing for a constant batch, or a run that never got
-    there or whose cap was lowered to the training set (its records do not say to what). Untested steps
-    are recorded every train.log_every steps, so for the ramps this is an upper bound."""
+    there or whose cap was lowered to the training set (its records do not say to what). Runs record every
+    step before a change of batch size, so this is exact; in records written before they did (untested
+    steps every train.log_every steps), an upper bound for the ramps."""
     policy = run.config.get("batch_size") or {}
     if policy.get("name") == "constant" or "max" in run.summary.get("batch_size_capped_from", {}):
         return None

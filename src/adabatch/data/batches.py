@@ -164,9 +164,13 @@ def evaluation_batches(
     rank: int = 0,
     world_size: int = 1,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """The first `limit` examples (all by default) of the "train" or "test" split, in order,
-    normalized, without augmentation; under data parallelism, `rank`'s contiguous share of them."""
-    images, labels = (dataset.train_x, dataset.train_y) if split == "train" else (dataset.test_x, dataset.test_y)
+    """The first `limit` examples (all by default) of the "train", "validation" or "test" split, in
+    order, normalized, without augmentation; under data parallelism, `rank`'s contiguous share of them."""
+    images, labels = {
+        "train": (dataset.train_x, dataset.train_y),
+        "validation": (dataset.validation_x, dataset.validation_y),
+        "test": (dataset.test_x, dataset.test_y),
+    }[split]
     total = len(labels) if limit is None else min(limit, len(labels))
     first, end = _even_bounds(total, world_size)[rank]
     for start in range(first, end, batch_size):

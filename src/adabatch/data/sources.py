@@ -50,10 +50,16 @@ class ArrayDataset:
     max_value: float
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    validation_x: torch.Tensor | None = None  # examples held out of training (data.holdout), else None
+    validation_y: torch.Tensor | None = None
 
     @property
     def num_train(self) -> int:
         return len(self.train_y)
+
+    @property
+    def num_validation(self) -> int:
+        return 0 if self.validation_y is None else len(self.validation_y)
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -80,6 +86,8 @@ class ArrayDataset:
             train_y=self.train_y.to(device),
             test_x=self.test_x.to(device),
             test_y=self.test_y.to(device),
+            validation_x=None if self.validation_x is None else self.validation_x.to(device),
+            validation_y=None if self.validation_y is None else self.validation_y.to(device),
         )
 
 

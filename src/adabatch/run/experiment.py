@@ -13,6 +13,7 @@ from ..adaptive_batch import AdaptiveBatch
 from ..batch_size import AdaptiveTest, BatchSizePolicy, build_policy, cap_batch_sizes
 from ..data import ArrayDataset, TrainingData, build_augmentation, check_text_model
 from ..data.from_config import dataset_from_config
+from ..data.holdout import hold_out, holdout_record
 from ..device import autocast, resolve_device
 from ..distributed import SINGLE_PROCESS, World
 from ..models import model_from_config
@@ -40,6 +41,7 @@ class Experiment:
     adaptive: AdaptiveBatch
     autocast: contextlib.AbstractContextManager
     capped_batch_sizes: dict[str, Any]  # {batch_size key: value asked for} where it exceeded the training set
+    held_out: dict[str, Any]  # what the summary records of the validation split ({} without one)
     task: Task  # what the examples are for (the dataset's): the loss of every step, and what evaluation reports
 
     @property
@@ -89,7 +91,10 @@ def build_checked_experiment(cfg: DictConfig, world: World) -> Experiment:
     device = resolve_device(cfg.device, world.local_rank)
     torch.manual_seed(cfg.seed)
     with world.main_first():  # rank 0 downloads what is missing; the others then find it
-        dataset = dataset_from_config(plain(cfg.dataset), cfg.data_dir).to(device)
+        dataset = dataset_from_config(plain(cfg.dataset), cfg.data_dir)
+    validation = cfg.dataset.get("validation", 0)
+    held_out = holdout_record(dataset.num_train, validation)
+    dataset = hold_out(dataset, validation).to(device)
     data = TrainingData(dataset, build_augmentation(cfg.dataset.augmentation), cfg.seed, device)
     model = model_from_config(plain(cfg.model), dataset.input_shape, dataset.num_classes)
     check_text_model(dataset, model, cfg.model.name)
@@ -121,5 +126,6 @@ def build_checked_experiment(cfg: DictConfig, world: World) -> Experiment:
                                step_model=step_model, autocast=precision, world=world, task=task),
         autocast=precision,
         capped_batch_sizes=capped,
+        held_out=held_out,
         task=task,
     )

@@ -67,9 +67,14 @@ def run_evaluation(cfg: DictConfig, exp: Experiment, reporter: Reporter, step: i
     test = evaluate(cfg, exp, "test")
     train_eval = evaluate(cfg, exp, "train", cfg.train.eval_train_examples)
     metric = exp.task.metric
+    validation = {}
+    if exp.dataset.num_validation:
+        held_out = evaluate(cfg, exp, "validation")
+        validation = {"validation_loss": held_out["loss"], f"validation_{metric}": held_out[metric]}
     reporter.evaluation(step=step, samples=samples, **tokens_of(exp, samples),
                         test_loss=test["loss"], **{f"test_{metric}": test[metric]},
-                        train_eval_loss=train_eval["loss"], **{f"train_eval_{metric}": train_eval[metric]})
+                        train_eval_loss=train_eval["loss"], **{f"train_eval_{metric}": train_eval[metric]},
+                        **validation)
 
 
 def tokens_of(exp: Experiment, samples: int) -> dict[str, int]:
@@ -132,8 +137,8 @@ def _train(cfg: DictConfig, run_dir: Path, world: World) -> dict[str, Any]:
     def summary(status: str, **fields: Any) -> dict[str, Any]:
         return reporter.finish(
             status=status, steps=adaptive.steps, samples=adaptive.samples, **tokens_of(exp, adaptive.samples),
-            train_time_s=loop.train_time,
-            wall_time_s=wall_time(), world_size=world.size, resumes=loop.resumes, **capped_from, **fields,
+            train_time_s=loop.train_time, wall_time_s=wall_time(), world_size=world.size, resumes=loop.resumes,
+            **capped_from, **exp.held_out, **fields,
             **({"max_micro_auto": loop.max_micro_auto} if loop.max_micro_auto else {}), **data_record,
         )
 

@@ -59,14 +59,22 @@ class Reporter:
 
     def training(self, **fields: Any) -> None:
         record = {"kind": "train", **fields}
-        self.last_train = record
-        if record.get("tested") or record["step"] % self.log_every == 0:  # every tested step is on record
+        previous, self.last_train = self.last_train, record
+        if record.get("tested") or record["step"] % self.log_every == 0 or self.changes_size(record, previous):
             self._emit(record)
             self.unrecorded_train = None
         else:
             self.unrecorded_train = record
         if self.progress is not None:
             self.progress.update(record)
+
+    @staticmethod
+    def changes_size(record: dict[str, Any], previous: dict[str, Any] | None) -> bool:
+        """Whether `record` is the first step, the first at its batch size or the last before another: always
+        on record (with every tested step), so that a run's batch sizes, and the samples before each size
+        (analysis.tables.samples_before_the_cap), are exact whatever train.log_every."""
+        return (previous is None or record["batch_size"] != previous["batch_size"]
+                or record["next_batch_size"] != record["batch_size"])
 
     def note(self, message: str) -> None:
         """A line for the log (and the console), not for the records."""
@@ -103,6 +111,7 @@ class Reporter:
             f"best_{metric}": self.task.best([e[metric] for e in self.evals]),
             "final_train_loss": final.get("train_eval_loss"),
             "best_train_loss": min((e["train_eval_loss"] for e in self.evals), default=None),
+            **self.validation_summary(final),
             "final_batch_size": self.last_train["batch_size"] if self.last_train else None,
             "mean_batch_size": samples / steps if steps else None,
             "norm_policy": self.norm_policy,
@@ -117,6 +126,18 @@ class Reporter:
             self.wandb.set_summary(summary)
         self.close(exit_code=0)
         return summary
+
+    def validation_summary(self, final: dict[str, Any]) -> dict[str, Any]:
+        """The validation split's final and best metric (accuracy, perplexity) and final loss; {} for a run
+        without one."""
+        metric = f"validation_{self.task.metric}"
+        if metric not in final:
+            return {}
+        return {
+            "final_validation_loss": final["validation_loss"],
+            f"final_{metric}": final[metric],
+            f"best_{metric}": self.task.best([e[metric] for e in self.evals if metric in e]),
+        }
 
     def close(self, exit_code: int = 0) -> None:
         """Close the records (without a summary when the run stops early: it will be resumed)."""
