@@ -170,3 +170,20 @@ def test_bad_text_is_one_line_exit_2_and_nothing_written(case, tmp_path, capsys)
     assert lines[0].startswith("error: ") and message in lines[0], lines[0]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
     assert [p.name for p in data_dir.iterdir()] == ([] if content is None else ["corpus.txt"])
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["dataset=digits", "model=gpt"], "model=gpt reads token windows, not inputs of shape (1, 8, 8); use dataset=text"),
+    (["experiment=kjv_gpt", "dataset.block_size=65"], "model.block_size=64 is below dataset.block_size=65"),
+    (["experiment=kjv_gpt", "model.vocab_size=255"], "model.vocab_size=255 is below the dataset's 256 tokens"),
+])
+def test_a_model_that_cannot_read_the_data_is_one_line_exit_2_and_nothing_written(overrides, message, tmp_path, capsys):
+    """Through src/train.py, the overlay included: images for the GPT, windows longer than its positions, a
+    vocabulary smaller than the data's bytes."""
+    path = tmp_path / "corpus.txt"
+    path.write_bytes(b"in the beginning " * 200)
+    text_file = [f"dataset.path={path}"] if "experiment=kjv_gpt" in overrides else []
+    code, stderr = run_cli([*overrides, *text_file, "device=cpu", f"hydra.run.dir={tmp_path / 'run'}"], capsys)
+    lines = stderr.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus.txt"]
