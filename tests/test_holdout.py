@@ -12,8 +12,9 @@ from adabatch.data.holdout import VALIDATION_SEED, hold_out, held_out_indices
 from adabatch.data.sources import ArrayDataset
 from adabatch.errors import ConfigError
 from adabatch.models import model_from_config
-from adabatch.records import read_metrics, read_summary
-from adabatch.training import build_experiment, train
+from adabatch.run.records import read_metrics, read_summary
+from adabatch.run.experiment import build_experiment
+from adabatch.run.loop import train
 from adabatch.validation import plain
 
 TINY = ("device=cpu", "train.eval_every=400", "train.progress_every_s=0")
