@@ -98,6 +98,10 @@ cpu_digits_cnn_FRONTIER := $(call FRONTIER,16 64 256,0.05 0.1 0.25 0.5)
 # The paper's MNIST CNN row at full scale on Fashion-MNIST (~1 core-hour a run: not part of the default).
 fashion_cnn_RUNS := $(fashion_logistic_RUNS)
 fashion_cnn_FRONTIER := $(call FRONTIER,32 128 512 2048 8192 60000,0.25 1)
+# Language models (SUITE=kjv_gpt, needs `make data-kjv`): a small GPT on the King James Bible, AdamW for
+# every method (the LM optimizer) and the norm test with AdaGrad; the warmup doubles the batch at fixed tokens.
+kjv_gpt_RUNS := norm_test-adamw norm_test-adagrad noise_scale-adamw constant_small-adamw constant_large-adamw \
+  linear_ramp-adamw batch_warmup-adamw
 
 PAPER_EXPERIMENTS := mnist_logistic mnist_cnn cifar10_resnet18 cifar10_resnet50 cifar100_resnet50 cifar10_vit
 BASELINES = constant_small-$(1) constant_large-$(1) linear_ramp-$(1) stagewise-$(1)
@@ -162,12 +166,12 @@ JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 
 # Named suites of reproduce-cpu (SUITE=<name>): each its runs (make targets: an interrupted suite resumes),
 # then pack-runs and figures. Without SUITE: the CPU experiments, fashion_logistic and cpu_digits_cnn.
-SUITES := fashion_logistic cpu_digits_cnn fashion_cnn lr_study
+SUITES := fashion_logistic cpu_digits_cnn fashion_cnn lr_study kjv_gpt
 SUITE ?=
 suite_runs = $(if $(SUITE),suite-$(SUITE),cpu-runs)
 
-## The CPU reproduction on real data: runs, figures, tables (SUITE=fashion_logistic|cpu_digits_cnn|fashion_cnn|lr_study: one suite)
-reproduce-cpu: | suite-known $(SYNCED) data-fashion-mnist
+## The CPU reproduction on real data: runs, figures, tables (SUITE=fashion_logistic|cpu_digits_cnn|fashion_cnn|lr_study|kjv_gpt: one suite)
+reproduce-cpu: | suite-known $(SYNCED) $(if $(filter kjv_gpt,$(SUITE)),data-kjv,data-fashion-mnist)
 	$(MAKE) -k -j$(JOBS) $(suite_runs)
 	$(if $(filter lr_study,$(SUITE)),$(MAKE) lr-study-figures,$(MAKE) pack-runs RUNS=results/cpu/runs && $(MAKE) figures RUNS=results/cpu/runs OUT=results/cpu)
 
@@ -178,10 +182,11 @@ suite-known:
 	@if [ -n "$(SUITE)" ] && ! echo " $(SUITES) " | grep -q " $(SUITE) "; then \
 	  echo "error: SUITE=$(SUITE) is unknown; choose one of $(SUITES) (or none: fashion_logistic and cpu_digits_cnn)" >&2; exit 2; fi
 
-.PHONY: suite-fashion_logistic suite-cpu_digits_cnn suite-fashion_cnn suite-lr_study lr-grid-runs lr-chosen-runs lr-study-figures
+.PHONY: suite-fashion_logistic suite-cpu_digits_cnn suite-fashion_cnn suite-lr_study suite-kjv_gpt lr-grid-runs lr-chosen-runs lr-study-figures
 suite-fashion_logistic: $(call run_targets,cpu,fashion_logistic)
 suite-cpu_digits_cnn: $(call run_targets,cpu,cpu_digits_cnn)
 suite-fashion_cnn: $(call run_targets,cpu,fashion_cnn)
+suite-kjv_gpt: $(call run_targets,cpu,kjv_gpt)
 
 # The grid, the choice, then the reruns (a make of their own: their targets come from the choice).
 suite-lr_study: lr-grid-runs

@@ -52,9 +52,17 @@ def main(cfg: DictConfig) -> float | None:
         log.warning("diverged at step %d: %s; summary.json says status: diverged, the last checkpoint is kept in %s",
                     summary["diverged_at_step"], summary["diverged_because"], run_dir)
     else:
-        log.info("done: %d steps, %d samples, final test acc %.4f, mean batch size %.1f; records in %s",
-                 summary["steps"], summary["samples"], summary["final_test_acc"], summary["mean_batch_size"], run_dir)
-    return summary["best_test_acc"]
+        metric = headline_metric(summary)
+        log.info("done: %d steps, %d samples, final test %s %.4f, mean batch size %.1f; records in %s",
+                 summary["steps"], summary["samples"], metric, summary[f"final_test_{metric}"],
+                 summary["mean_batch_size"], run_dir)
+    return summary.get(f"best_test_{headline_metric(summary)}")
+
+
+def headline_metric(summary: dict) -> str:
+    """The task's metric the summary reports (acc for classification, perplexity for next_token): what a
+    sweeper optimizes (maximize accuracy, minimize perplexity)."""
+    return next((key.removeprefix("best_test_") for key in summary if key.startswith("best_test_")), "acc")
 
 
 def remove_if_empty(run_dir: Path) -> None:

@@ -37,6 +37,14 @@ def test_stagewise_spends_equal_shares_of_the_budget():
     assert sizes(policy, 12, samples_per_step=5) == [2, 2, 4, 4, 8, 8, 8, 8, 8, 8, 8, 8]
 
 
+def test_stagewise_with_boundaries_doubles_at_fixed_sample_counts():
+    """OLMo-core's batch-size warmup: each stage from the step that reaches its boundary on, whatever the budget."""
+    policy = build_policy({"name": "stagewise", "initial": 2, "max": 8, "stages": [2, 4, 8], "boundaries": [6, 20],
+                           "max_micro": 8}, budget=1000)
+    # samples after each step: 2, 4, 6 (-> 4), 10, 14, 18, 22 (-> 8), 30, ...
+    assert sizes(policy, 9) == [2, 2, 2, 4, 4, 4, 4, 8, 8]
+
+
 def test_stagewise_default_stages_double_up_to_max():
     assert doubling(32, 300) == [32, 64, 128, 256, 300]
     assert doubling(8, 64) == [8, 16, 32, 64]
@@ -49,6 +57,12 @@ def test_stagewise_default_stages_double_up_to_max():
         ({"name": "linear_ramp", "initial": 64, "max": 32, "increment": 1}, "batch_size.max=32 is below"),
         ({"name": "linear_ramp", "initial": 8, "max": 32, "increment": 0}, "batch_size.increment=0"),
         ({"name": "stagewise", "initial": 8, "max": 32, "stages": [8, 64]}, "batch_size.stages"),
+        ({"name": "stagewise", "initial": 8, "max": 32, "stages": [8, 16, 32], "boundaries": [10]},
+         "batch_size.boundaries=[10]"),
+        ({"name": "stagewise", "initial": 8, "max": 32, "stages": [8, 16, 32], "boundaries": [20, 10]},
+         "batch_size.boundaries=[20, 10]"),
+        ({"name": "stagewise", "initial": 8, "max": 32, "stages": [8, 16, 32], "boundaries": [0, 10]},
+         "batch_size.boundaries=[0, 10]"),
         ({"name": "norm_test", "initial": 8}, "batch_size='norm_test' is unknown"),
         ({"name": "constant", "initial": 8, "eta": 0.1}, "batch_size.eta is not a parameter of adabatch.batch_size.fixed.Constant"),
     ],

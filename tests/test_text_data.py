@@ -170,3 +170,58 @@ def test_bad_text_is_one_line_exit_2_and_nothing_written(case, tmp_path, capsys)
     assert lines[0].startswith("error: ") and message in lines[0], lines[0]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
     assert [p.name for p in data_dir.iterdir()] == ([] if content is None else ["corpus.txt"])
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["dataset=digits", "model=gpt"], "model=gpt reads token windows, not inputs of shape (1, 8, 8); use dataset=text"),
+    (["experiment=kjv_gpt", "dataset.block_size=65"], "model.block_size=64 is below dataset.block_size=65"),
+    (["experiment=kjv_gpt", "model.vocab_size=255"], "model.vocab_size=255 is below the dataset's 256 tokens"),
+])
+def test_a_model_that_cannot_read_the_data_is_one_line_exit_2_and_nothing_written(overrides, message, tmp_path, capsys):
+    """Through src/train.py, the overlay included: images for the GPT, windows longer than its positions, a
+    vocabulary smaller than the data's bytes."""
+    path = tmp_path / "corpus.txt"
+    path.write_bytes(b"in the beginning " * 200)
+    text_file = [f"dataset.path={path}"] if "experiment=kjv_gpt" in overrides else []
+    code, stderr = run_cli([*overrides, *text_file, "device=cpu", f"hydra.run.dir={tmp_path / 'run'}"], capsys)
+    lines = stderr.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus.txt"]
+
+
+def test_a_token_run_records_tokens_perplexity_and_its_data_and_its_tables_compare_validation_loss(tmp_path):
+    """A short GPT run: the next-token task's metrics (nats per token, perplexity, best = lowest), tokens in
+    every record, the data's description in the summary; its frontier's levels are validation losses."""
+    import json
+    import math
+
+    from adabatch.analysis import group_runs, load_runs
+    from adabatch.analysis.frontier import frontier_rows, headline_levels
+    from adabatch.analysis.headline import VALIDATION_LOSS
+    from adabatch.analysis.tables import write_frontier_tables, write_tables
+    from adabatch.run.loop import train
+
+    path = tmp_path / "corpus.txt"
+    path.write_bytes(b"and god said, let there be light: and there was light. " * 40)
+    cfg = compose("dataset=text", f"dataset.path={path}", "dataset.block_size=8", "model=gpt", "model.n_layer=1",
+                  "model.n_embd=8", "model.n_head=1", "model.block_size=8", "batch_size=norm", "batch_size.initial=4",
+                  "train.samples=96", "train.eval_every=32", "device=cpu", "experiment_name=tiny_text")
+    run_dir = tmp_path / "run"
+    summary = train(cfg, run_dir)
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in records if r["kind"] == "eval"]
+    assert all(r["tokens"] == 8 * r["samples"] for r in records) and summary["tokens"] == 8 * summary["samples"]
+    assert all("test_acc" not in r and r["test_perplexity"] == pytest.approx(math.exp(r["test_loss"])) for r in evals)
+    assert summary["final_test_perplexity"] == evals[-1]["test_perplexity"]
+    assert summary["best_test_perplexity"] == min(r["test_perplexity"] for r in evals) < evals[0]["test_perplexity"]
+    assert summary["data"]["tokenizer"] == "utf-8 bytes" and summary["data"]["source"] == str(path)
+    assert "final_test_acc" not in summary
+    (experiment,) = group_runs(load_runs([run_dir]))
+    assert experiment.headline is VALIDATION_LOSS
+    levels = headline_levels(experiment)
+    assert levels == tuple(math.ceil(round(100 * (summary["final_test_loss"] + m), 6)) / 100 for m in (0.2, 0.1, 0.05))
+    (row,) = frontier_rows(experiment)
+    first = next(r["step"] for r in evals if r["test_loss"] <= levels[0])
+    assert row.reach[0].mean_step == first and row.final.mean == summary["final_test_loss"]
+    written = write_tables(experiment, tmp_path / "out") + write_frontier_tables(experiment, tmp_path / "out")
+    assert "final validation perplexity" in written[1].read_text() and "steps to loss" in written[3].read_text()

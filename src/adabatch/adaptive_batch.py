@@ -26,10 +26,11 @@ from .data import Batch, Examples
 from .distributed import SINGLE_PROCESS, World
 from .stats import BatchStatistics, StatisticsEngine, build_engine, gradient_with_statistics
 from .step import accumulate_gradient
+from .tasks import TASKS, Task
 
 
 class Step(NamedTuple):
-    loss: float  # the batch's mean cross-entropy
+    loss: float  # the batch's mean loss (the task's: cross-entropy per example, or per sequence of tokens)
     statistics: dict[str, Any] | None  # a tested step's statistics and decision, as the CLI records them; else None
     next_batch_size: int
 
@@ -59,8 +60,10 @@ class AdaptiveBatch:
     its loop keys, such as engine and max_micro, are ignored: they are arguments here) or a built
     `BatchSizePolicy`. `engine`: "ghost", "opacus", "functorch",
     or a built engine (used only by policies that test). `max_micro`: the largest micro-batch (None:
-    the whole batch at once); the statistics are exact however the batch is split. The loss is the
-    cross-entropy of the model's logits, the engines' loss. The training loop's own options:
+    the whole batch at once); the statistics are exact however the batch is split. `task`: what the
+    examples are for ("classification", the default: the cross-entropy of (n, classes) logits;
+    "next_token": each sequence's mean token cross-entropy; or a built `Task`); its loss is the step's and
+    the engine's (a built engine keeps its own). The training loop's own options:
     `step_model` runs the untested steps (the model wrapped in DDP or compiled), `autocast` and
     `world` (data parallelism: every rank passes the same global batch and steps on its share).
     `budget` (samples in the whole run) is for `stagewise`, `population` (training examples) for the
@@ -79,15 +82,17 @@ class AdaptiveBatch:
         world: World = SINGLE_PROCESS,
         budget: int | None = None,
         population: int | None = None,
+        task: str | Task = "classification",
     ) -> None:
         if not isinstance(policy, BatchSizePolicy):
             if policy.get("name") == "stagewise" and budget is None:
                 raise ValueError("batch_size=stagewise divides the run's samples into stages: pass budget")
             policy = build_policy(policy, budget=budget or 0, population=population)
         self.policy = policy
+        self.task = TASKS[task] if isinstance(task, str) else task
         self.engine: StatisticsEngine | None = None
         if isinstance(policy, AdaptiveTest):
-            self.engine = build_engine(engine, model) if isinstance(engine, str) else engine
+            self.engine = build_engine(engine, model, loss=self.task.loss) if isinstance(engine, str) else engine
         self.max_micro = max_micro
         self.step_model = model if step_model is None else step_model
         self.autocast = autocast
@@ -128,7 +133,7 @@ class AdaptiveBatch:
                 self.engine, data, batch, max_micro, policy.needs, policy.ip_mode, self.autocast, self.world
             )
         else:
-            loss = accumulate_gradient(self.step_model, data, batch, max_micro, self.autocast, self.world)
+            loss = accumulate_gradient(self.step_model, data, batch, max_micro, self.autocast, self.world, self.task.loss)
         self.world.sum_([loss])
         return loss.item(), statistics  # .item() also waits for the device, so step timings are honest
 

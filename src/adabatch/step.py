@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
@@ -9,6 +10,9 @@ from torch.nn.parallel import DistributedDataParallel
 from .data import Batch, Examples
 from .distributed import SINGLE_PROCESS, World
 from .losses import summed_cross_entropy
+from .tasks import TASKS, Task
+
+Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (outputs, targets) -> the examples' losses, summed
 
 
 def accumulate_gradient(
@@ -18,6 +22,7 @@ def accumulate_gradient(
     max_micro: int,
     autocast: contextlib.AbstractContextManager | None = None,
     world: World = SINGLE_PROCESS,
+    loss: Loss = summed_cross_entropy,
 ) -> torch.Tensor:
     """Backpropagate sum_i loss_i / b over this rank's micro-batches of the global batch (b examples);
     return this rank's share of the mean loss (the shares of all ranks sum to it).
@@ -25,7 +30,8 @@ def accumulate_gradient(
     Each micro-batch contributes its summed loss divided by the *whole* batch size, so the
     accumulated .grad is exactly the gradient of the batch-mean loss, whatever the split. Under DDP
     (which averages over ranks) the loss is scaled by the world size, and gradients are
-    synchronized once, in the last micro-batch's backward.
+    synchronized once, in the last micro-batch's backward. `loss`: the task's (`Task.loss`), summed
+    over the examples.
     """
     parts = batch.local_micro_batches(world.rank, world.size, max_micro)
     loss_sum: torch.Tensor | float = 0.0
@@ -34,9 +40,9 @@ def accumulate_gradient(
         with _sync_gradients(model, k == len(parts) - 1):
             with autocast or contextlib.nullcontext():
                 logits = model(x)
-            loss = summed_cross_entropy(logits, y)
-            (loss / len(batch) * world.size).backward()  # * 1 in one process: exactly loss / b
-        loss_sum = loss_sum + loss.detach()
+            part_loss = loss(logits, y)
+            (part_loss / len(batch) * world.size).backward()  # * 1 in one process: exactly loss / b
+        loss_sum = loss_sum + part_loss.detach()
     return loss_sum / len(batch)
 
 
@@ -52,17 +58,17 @@ def evaluation_totals(
     model: torch.nn.Module,
     batches,
     autocast: contextlib.AbstractContextManager | None = None,
+    task: Task = TASKS["classification"],
 ) -> torch.Tensor:
-    """float64 [summed cross-entropy, correct predictions, examples] over an iterable of (x, y)
-    batches: additive, so ranks evaluating disjoint shares sum them."""
+    """float64 `task.totals` (classification: [summed cross-entropy, correct predictions, examples]) over
+    an iterable of (x, y) batches: additive, so ranks evaluating disjoint shares sum them; `task.metrics`
+    turns them into the reported numbers."""
     was_training = model.training
     model.eval()
-    totals = torch.zeros(3, dtype=torch.float64)
+    totals = torch.zeros(len(task.totals), dtype=torch.float64)
     for x, y in batches:
         with autocast or contextlib.nullcontext():
-            logits = model(x)
-        totals[0] += summed_cross_entropy(logits, y).double().cpu()
-        totals[1] += (logits.argmax(dim=1) == y).sum().cpu()
-        totals[2] += len(y)
+            outputs = model(x)
+        totals += task.evaluation_totals(outputs, y)
     model.train(was_training)
     return totals

@@ -37,15 +37,21 @@ def statistics_of(per_example: list[torch.Tensor], needs: Needs) -> dict[str, to
     return found
 
 
+def summed_cross_entropy(outputs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(outputs, y, reduction="sum")
+
+
 class OpacusAsUsers:
-    def __init__(self, model: torch.nn.Module) -> None:
+    def __init__(self, model: torch.nn.Module, loss=summed_cross_entropy) -> None:
         from opacus import GradSampleModule
+
+        self.loss = loss  # (outputs, targets) -> the examples' losses, summed
 
         warnings.filterwarnings("ignore", message="Full backward hook is firing when gradients are computed")
         self.model = GradSampleModule(copy.deepcopy(model), batch_first=True, loss_reduction="sum")
 
     def step(self, x: torch.Tensor, y: torch.Tensor, needs: Needs) -> dict[str, torch.Tensor]:
-        F.cross_entropy(self.model(x), y, reduction="sum").backward()
+        self.loss(self.model(x), y).backward()
         params = [p for p in self.model.parameters() if p.requires_grad]
         found = statistics_of([p.grad_sample for p in params], needs)
         for p in params:
@@ -54,14 +60,15 @@ class OpacusAsUsers:
 
 
 class TorchFuncAsUsers:
-    def __init__(self, model: torch.nn.Module) -> None:
+    def __init__(self, model: torch.nn.Module, loss=summed_cross_entropy) -> None:
         self.model = copy.deepcopy(model)
         self.names = [name for name, p in self.model.named_parameters() if p.requires_grad]
         buffers = dict(self.model.named_buffers())
+        example_loss = loss
 
         def loss(params, x, y):
-            logits = functional_call(self.model, ({**params, **buffers}), (x.unsqueeze(0),))
-            return F.cross_entropy(logits, y.unsqueeze(0), reduction="sum")
+            outputs = functional_call(self.model, ({**params, **buffers}), (x.unsqueeze(0),))
+            return example_loss(outputs, y.unsqueeze(0))
 
         self.per_example = vmap(grad(loss), in_dims=(None, 0, 0))
 
@@ -75,5 +82,6 @@ class TorchFuncAsUsers:
         return found
 
 
-def build_anchor(name: str, model: torch.nn.Module):
-    return {"opacus-user": OpacusAsUsers, "functorch-user": TorchFuncAsUsers}[name](model)
+def build_anchor(name: str, model: torch.nn.Module, loss=summed_cross_entropy):
+    """`loss(outputs, targets)`: the examples' losses, summed (a task's `loss`; classification by default)."""
+    return {"opacus-user": OpacusAsUsers, "functorch-user": TorchFuncAsUsers}[name](model, loss)

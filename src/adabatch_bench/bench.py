@@ -24,7 +24,8 @@ default, the threshold rises to 32 MiB as blocks are freed and freed blocks belo
 the resident set does not follow the live tensors (the same plain CNN step read 43 to 76 MiB); fixed,
 every tensor above 128 KiB is mapped and unmapped, and the readings repeat. The fixed threshold also
 slows steps (every step faults its memory in afresh), which is why the timing stays in this process.
-The models are the configs' own (model=<name>, dataset=cifar10) on random CIFAR-sized images.
+The models are the configs' own (model=<name>, dataset=cifar10) on random CIFAR-sized images; the GPT is
+the kjv_gpt overlay's, on 32 random windows of its block size (the next-token loss, per sequence).
 """
 from __future__ import annotations
 
@@ -53,7 +54,9 @@ from adabatch.components import shipped
 from adabatch.data import ArrayDataset, TrainingData, build_augmentation
 from adabatch.device import autocast as make_autocast
 from adabatch.device import describe, synchronize
+from adabatch.data.text import BYTE_VOCABULARY, TextDataset
 from adabatch.models import model_from_config
+from adabatch.tasks import task_of
 from adabatch.run.memory import free_bytes
 from adabatch.stats import ENGINES, build_engine, gradient_with_statistics
 from adabatch.step import accumulate_gradient
@@ -61,7 +64,10 @@ from adabatch_bench import ROOT
 from adabatch_bench.anchors import ANCHORS, build_anchor
 
 TESTS = ("norm", "inner_product", "augmented_inner_product", "coordinate_norm")
-MODELS = ("cnn", "resnet18", "vit")
+MODELS = ("cnn", "resnet18", "vit", "gpt")
+# Models timed at one batch size whatever --sizes says: the GPT at 32 windows of kjv_gpt's block size.
+FIXED_SIZES = {"gpt": 32}
+GPT_EXPERIMENT = "kjv_gpt"  # the overlay whose model and block size the GPT row times
 REPORTED_SIZE = 128  # the worst-overhead lines compare the models at this batch size
 CIFAR_SHAPE = ((3, 32, 32), 10)  # the models are timed at CIFAR-10 shapes
 # Engines that form every per-example gradient: this project's exact ones, and the anchors (anchors.py)
@@ -106,7 +112,7 @@ def main() -> None:
                 results += [r for r in time_in_child(device, group, models, args)
                             if r.engine != "plain" or (r.model, r.batch_size) not in timed]
             results += [Result(m, size, engine, test, skipped=f"not run on {m} (--per-example-models)")
-                        for m in args.models if m not in models for size in args.sizes for engine in group
+                        for m in args.models if m not in models for size in sizes_of(m, args) for engine in group
                         for test in args.tests]
         results.sort(key=lambda r: (args.models.index(r.model), r.batch_size, r.engine != "plain",
                                     args.engines.index(r.engine) if r.engine != "plain" else -1,
@@ -132,7 +138,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--per-example-repeats", type=int, default=5,
                         help="of those rounds, how many time the per-example engines and anchors: at 2x to 30x a plain "
                              "step they dominate the run; their single rounds spread by up to half between two runs")
-    parser.add_argument("--per-example-models", nargs="*", default=["cnn", "vit"], choices=MODELS,
+    parser.add_argument("--per-example-models", nargs="*", default=["cnn", "vit", "gpt"], choices=MODELS,
                         help="the models on which the per-example engines run (on 2 CPU cores ResNet-18's take about a "
                              "minute a step at b=128: half an hour for its rows)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
@@ -160,18 +166,21 @@ class Bench:
     def __init__(self, model_name: str, device: torch.device, args):
         self.device, self.args = device, args
         self.model = build_config_model(model_name).to(device)
-        self.data = random_cifar(max(args.sizes), device)
+        self.data = random_windows(self.model, FIXED_SIZES[model_name], device) if model_name == "gpt" \
+            else random_cifar(max(args.sizes), device)
+        self.loss = task_of(self.data.dataset).loss  # classification, or next-token over the GPT's windows
         # This project's engines: one per test, as in a run (ghost_measured chooses its forms on its first pass)
-        anchors = {name: build_anchor(name, self.model) for name in args.engines if name in ANCHORS}
-        self.engines = {(name, test): anchors[name] if name in ANCHORS else build_engine(name, copy.deepcopy(self.model))
+        anchors = {name: build_anchor(name, self.model, self.loss) for name in args.engines if name in ANCHORS}
+        self.engines = {(name, test): anchors[name] if name in ANCHORS
+                        else build_engine(name, copy.deepcopy(self.model), loss=self.loss)
                         for name in args.engines for test in args.tests}
         self.autocast = make_autocast(device, args.precision)
         self.n_params = sum(p.numel() for p in self.model.parameters())
 
     def steps(self, size: int) -> tuple[dict, dict]:
         """(configuration -> step, skipped configuration -> why) at this batch size."""
-        batch, model, data, autocast = self.data.draw(size), self.model, self.data, self.autocast
-        steps = {("plain", ""): lambda: accumulate_gradient(model, data, batch, size, autocast)}
+        batch, model, data, autocast, loss = self.data.draw(size), self.model, self.data, self.autocast, self.loss
+        steps = {("plain", ""): lambda: accumulate_gradient(model, data, batch, size, autocast, loss=loss)}
         skipped = {}
         per_example_bytes = size * self.n_params * 4 * 2  # per-example gradients (float32), and a transient of their size
         for (name, test), engine in self.engines.items():
@@ -225,7 +234,7 @@ def bench_device(device: torch.device, args) -> list[Result]:
     order = random.Random(0)
     for model_name in args.models:
         bench = Bench(model_name, device, args)
-        for size in args.sizes:
+        for size in sizes_of(model_name, args):
             steps, skipped = bench.steps(size)
             print(f"{device.type} {model_name} b={size}: {len(steps)} configurations", file=sys.stderr, flush=True)
             times = {key: [] for key in steps}
@@ -321,11 +330,30 @@ def measure_memory_here(args) -> list[tuple[str, str, int]]:
     return peaks
 
 
+def sizes_of(model_name: str, args) -> list[int]:
+    return [FIXED_SIZES[model_name]] if model_name in FIXED_SIZES else args.sizes
+
+
 def build_config_model(name: str) -> torch.nn.Module:
+    """The config's model at CIFAR-10 shapes; the GPT as the kjv_gpt overlay builds it (byte tokens)."""
+    overrides = [f"experiment={GPT_EXPERIMENT}"] if name == "gpt" else [f"model={name}", "dataset=cifar10"]
     with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
-        cfg = compose("train", overrides=[f"model={name}", "dataset=cifar10"])
+        cfg = compose("train", overrides=overrides)
     torch.manual_seed(0)
+    if name == "gpt":
+        return model_from_config(OmegaConf.to_container(cfg.model, resolve=True), (cfg.dataset.block_size,), BYTE_VOCABULARY)
     return model_from_config(OmegaConf.to_container(cfg.model, resolve=True), *CIFAR_SHAPE)
+
+
+def random_windows(model: torch.nn.Module, n: int, device: torch.device) -> TrainingData:
+    """n random windows of the GPT's block size over its vocabulary, as a text dataset (next-token task)."""
+    g = torch.Generator().manual_seed(0)
+    windows = torch.randint(0, model.vocab_size, (n, model.block_size + 1), generator=g)
+    x, y = windows[:, :-1].contiguous(), windows[:, 1:].contiguous()
+    dataset = TextDataset(name="random", train_x=x, train_y=y, test_x=x[:1], test_y=y[:1], num_classes=model.vocab_size,
+                          max_value=1.0, mean=(0.0,), std=(1.0,), block_size=model.block_size, tokenizer="random ids",
+                          source="random", sha256="", train_tokens=windows.numel(), validation_tokens=0)
+    return TrainingData(dataset, build_augmentation("none"), seed=0, device=device)
 
 
 def random_cifar(n: int, device: torch.device) -> TrainingData:

@@ -146,9 +146,11 @@ def batch_size_curve(runs: list[Run], axis: Axis) -> Band:
     return band(grid, sizes)
 
 
-def method_curves(runs: list[Run], axis: Axis) -> dict[str, Band]:
-    """Training loss and test accuracy (at evaluations) and batch size of completed runs against `axis`."""
-    curves = {name: evaluation_curve(runs, axis, key) for name, key in EVALUATED.items()}
+def method_curves(runs: list[Run], axis: Axis, headline: str = "test_acc") -> dict[str, Band]:
+    """Training loss and the headline evaluation (test accuracy; the validation loss of token runs), both
+    at evaluations, and batch size of completed runs against `axis`."""
+    evaluated = {**EVALUATED, "test_acc": headline} if headline != "test_acc" else EVALUATED
+    curves = {name: evaluation_curve(runs, axis, key) for name, key in evaluated.items()}
     return {**curves, "batch_size": batch_size_curve(runs, axis)}
 
 

@@ -132,10 +132,11 @@ def draw_curve(ax: Axes, curve: Band, color: tuple, measured: bool) -> Line2D:
 
 def curves_figure(experiment: Experiment, axis: Axis, colors: dict[str, tuple], title: str) -> Figure:
     methods = [method for method in experiment.methods if method.completed]
+    headline = experiment.headline
     fig, (loss_ax, acc_ax, size_ax) = panel_figure(3, len(methods))
     handles, labels = [], []
     for method in methods:
-        curves = method_curves(method.completed, axis)
+        curves = method_curves(method.completed, axis, headline.key)
         color = colors[method.label]
         for ax, key in ((loss_ax, "train_loss"), (acc_ax, "test_acc"), (size_ax, "batch_size")):
             line = draw_curve(ax, curves[key], color, measured=key in EVALUATED)
@@ -145,8 +146,8 @@ def curves_figure(experiment: Experiment, axis: Axis, colors: dict[str, tuple], 
     plain_log_axis(loss_ax)
     loss_ax.set_title("training loss (fixed training examples, at evaluations)", fontsize=10)
     loss_ax.set_ylabel("training loss (log scale)")
-    acc_ax.set_title("test accuracy", fontsize=10)
-    acc_ax.set_ylabel("test accuracy")
+    acc_ax.set_title(headline.label, fontsize=10)  # "test accuracy"; a validation loss (lower is better)
+    acc_ax.set_ylabel(headline.label)
     powers_of_two_axis(size_ax)
     size_ax.set_title("batch size", fontsize=10)
     size_ax.set_ylabel("batch size (examples, log scale)")
@@ -236,7 +237,10 @@ def annotate_series(ax: Axes, series: Series, key: str, color: tuple, taken: lis
 
 
 def frontier_figure(experiment: Experiment, title: str) -> Figure:
-    """Final test accuracy and best training loss against optimizer steps, one point per method."""
+    """Final test accuracy (the final validation loss of token runs) and best training loss against
+    optimizer steps, one point per method."""
+    headline = experiment.headline
+    panels = (headline.final_key, FRONTIER_PANELS[1])
     series = frontier_series([method for method in experiment.methods if method.completed])
     colors = palette(len(series))
     fig, axes = panel_figure(2, len(series))
@@ -244,14 +248,15 @@ def frontier_figure(experiment: Experiment, title: str) -> Figure:
     handles, labels = [], []
     for entry, color in zip(series, colors):
         marker = "o" if entry.symbol else next(singles)
-        for ax, key in zip(axes, FRONTIER_PANELS):
+        for ax, key in zip(axes, panels):
             drawn = draw_series(ax, entry, key, color, marker)
         handles.append(drawn)
         seeds = sorted({len(method.completed) for method in entry.methods})
         labels.append(f"{entry.label} (n={'/'.join(map(str, seeds))})")
     acc_ax, loss_ax = axes
-    acc_ax.set_title("final test accuracy", fontsize=10)
-    acc_ax.set_ylabel("final test accuracy (%)")
+    final = "final test accuracy" if headline.key == "test_acc" else f"final {headline.label}"
+    acc_ax.set_title(final, fontsize=10)
+    acc_ax.set_ylabel(final + (" (%)" if headline.key == "test_acc" else ""))
     plain_log_axis(loss_ax)
     loss_ax.set_title("best training loss (fixed training examples, at evaluations)", fontsize=10)
     loss_ax.set_ylabel("best training loss (log scale)")
@@ -260,10 +265,11 @@ def frontier_figure(experiment: Experiment, title: str) -> Figure:
         ax.margins(0.08)  # room for the labels of the outermost points
         ax.set_xlabel(STEPS.label)
         ax.grid(alpha=0.3)
-    fig.suptitle(f"{title}: final accuracy and training loss against optimizer steps")
+    compared = "accuracy" if headline.key == "test_acc" else "validation loss"
+    fig.suptitle(f"{title}: final {compared} and training loss against optimizer steps")
     add_legend(fig, handles, labels, FRONTIER_NOTE)
     fig.draw_without_rendering()  # lays the figure out: labels are placed where the points finally are
-    for ax, key in zip(axes, FRONTIER_PANELS):
+    for ax, key in zip(axes, panels):
         taken: list[np.ndarray] = []
         for entry, color in zip(series, colors):
             if entry.symbol:

@@ -1,6 +1,7 @@
-"""The steps-accuracy frontier of one experiment: each method's steps, final test accuracy and best
-training loss over its seeds, how many steps it took to reach a few accuracy levels, and the series
-that connect methods differing in one setting (constant batches by b, the norm test by η)."""
+"""The steps-accuracy frontier of one experiment: each method's steps, final headline value (test
+accuracy; the validation loss of next-token runs, where lower is better) and best training loss over its
+seeds, how many steps it took to reach a few levels of the headline, and the series that connect methods
+differing in one setting (constant batches by b, the norm test by η)."""
 from __future__ import annotations
 
 import json
@@ -11,9 +12,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from .aggregate import Stat, seed_stat
+from .headline import ACCURACY, Headline, headline_of
 from .runs import Experiment, Method, Run, flatten, is_ignored
 
-LEVEL_MARGINS = (5, 2, 1)  # accuracy levels: percentage points below the best mean final test accuracy
+LEVEL_MARGINS = ACCURACY.margins  # accuracy levels: percentage points below the best mean final test accuracy
 
 
 @dataclass(frozen=True)
@@ -56,9 +58,9 @@ class Spread:
 
 @dataclass(frozen=True)
 class Reach:
-    """When a method's seeds first reached an accuracy level: the mean step over the seeds that did."""
+    """When a method's seeds first reached a level of the headline: the mean step over the seeds that did."""
 
-    level: int  # percent
+    level: float  # in shown units: percent accuracy, nats per token
     mean_step: float  # NaN when no seed reached it
     reached: int
     seeds: int
@@ -71,7 +73,7 @@ class FrontierRow:
     incomplete: int
     mean_batch_size: Stat
     steps: Stat
-    final_test_acc: Stat  # fraction, as in the summaries
+    final: Stat  # the headline's final value (final_test_acc: a fraction, as in the summaries)
     best_train_loss: Stat
     reach: tuple[Reach, ...]
 
@@ -130,18 +132,24 @@ def percent(fraction: float) -> float:
     return round(100 * fraction, 6)
 
 
-def best_final_accuracy(experiment: Experiment) -> tuple[str, float] | None:
-    """The method with the best mean final test accuracy (fraction) over its completed seeds, and that
-    mean; None when no method has one."""
+def best_final(experiment: Experiment) -> tuple[str, float] | None:
+    """The method with the best mean final headline value (summary units) over its completed seeds, and
+    that mean; None when no method has one."""
+    headline = experiment.headline
     scored = [
-        (seed_stat(summary_values(method.completed, "final_test_acc")).mean, method.label)
+        (seed_stat(summary_values(method.completed, headline.final_key)).mean, method.label)
         for method in experiment.methods
     ]
-    scored = [(accuracy, label) for accuracy, label in scored if not math.isnan(accuracy)]
+    scored = [(value, label) for value, label in scored if not math.isnan(value)]
     if not scored:
         return None
-    accuracy, label = max(scored, key=lambda pair: pair[0])  # the first of equals
-    return label, accuracy
+    best = headline.best([value for value, _ in scored])
+    label = next(label for value, label in scored if value == best)  # the first of equals
+    return label, best
+
+
+def best_final_accuracy(experiment: Experiment) -> tuple[str, float] | None:
+    return best_final(experiment)
 
 
 def levels_below(best_percent: float) -> tuple[int, ...]:
@@ -149,26 +157,29 @@ def levels_below(best_percent: float) -> tuple[int, ...]:
     return tuple(math.floor(round(best_percent - margin, 6)) for margin in LEVEL_MARGINS)
 
 
-def accuracy_levels(experiment: Experiment) -> tuple[int, ...]:
-    best = best_final_accuracy(experiment)
-    return levels_below(percent(best[1])) if best else ()
+def headline_levels(experiment: Experiment) -> tuple[float, ...]:
+    best = best_final(experiment)
+    return experiment.headline.levels(best[1]) if best else ()
 
 
-def first_step_reaching(run: Run, level: int) -> int | None:
-    """The step of the run's first evaluation with test accuracy >= level percent (None if none)."""
+accuracy_levels = headline_levels
+
+
+def first_step_reaching(run: Run, level: float, headline: Headline = ACCURACY) -> int | None:
+    """The step of the run's first evaluation at `level` or better (None if none)."""
     for record in run.eval_records:
-        if percent(record["test_acc"]) >= level:
+        if headline.reached(record[headline.key], level):
             return int(record["step"])
     return None
 
 
-def reach(runs: Sequence[Run], level: int) -> Reach:
-    steps = [step for step in (first_step_reaching(run, level) for run in runs) if step is not None]
+def reach(runs: Sequence[Run], level: float, headline: Headline = ACCURACY) -> Reach:
+    steps = [step for step in (first_step_reaching(run, level, headline) for run in runs) if step is not None]
     mean_step = float(np.mean(steps)) if steps else math.nan
     return Reach(level, mean_step, len(steps), len(runs))
 
 
-def frontier_row(method: Method, levels: Sequence[int]) -> FrontierRow:
+def frontier_row(method: Method, levels: Sequence[float], headline: Headline = ACCURACY) -> FrontierRow:
     runs = method.completed
 
     def stat(key: str) -> Stat:
@@ -176,25 +187,26 @@ def frontier_row(method: Method, levels: Sequence[int]) -> FrontierRow:
 
     return FrontierRow(
         method=method.label, seeds=len(runs), incomplete=len(method.incomplete),
-        mean_batch_size=stat("mean_batch_size"), steps=stat("steps"), final_test_acc=stat("final_test_acc"),
-        best_train_loss=stat("best_train_loss"), reach=tuple(reach(runs, level) for level in levels),
+        mean_batch_size=stat("mean_batch_size"), steps=stat("steps"), final=stat(headline.final_key),
+        best_train_loss=stat("best_train_loss"), reach=tuple(reach(runs, level, headline) for level in levels),
     )
 
 
 def frontier_rows(experiment: Experiment) -> list[FrontierRow]:
     """One row per method, series by series (constant batches by b, norm tests by η)."""
-    levels = accuracy_levels(experiment)
+    levels, headline = headline_levels(experiment), experiment.headline
     return [
-        frontier_row(method, levels) for series in frontier_series(experiment.methods) for method in series.methods
+        frontier_row(method, levels, headline) for series in frontier_series(experiment.methods) for method in series.methods
     ]
 
 
-def method_point(method: Method) -> dict[str, Spread]:
-    """A method's place in the frontier figure: steps, final test accuracy (percent) and best
-    training loss over its completed seeds."""
+def method_point(method: Method, headline: Headline | None = None) -> dict[str, Spread]:
+    """A method's place in the frontier figure: steps, the final headline value (in shown units: test
+    accuracy in percent; by default its runs' task's) and best training loss over its completed seeds."""
     runs = method.completed
+    headline = headline or headline_of([run.summary for run in method.runs])
     return {
         "steps": seed_spread(summary_values(runs, "steps")),
-        "final_test_acc": seed_spread([100 * value for value in summary_values(runs, "final_test_acc")]),
+        headline.final_key: seed_spread([headline.scale * value for value in summary_values(runs, headline.final_key)]),
         "best_train_loss": seed_spread(summary_values(runs, "best_train_loss")),
     }

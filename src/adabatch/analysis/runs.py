@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from adabatch.config_keys import KEYS_NOT_CHANGING_TRAINING
+from .headline import Headline, headline_of
 from adabatch.run.records import CONFIG_FILE, SUMMARY_FILE, read_metrics, read_summary
 
 # Dotted config keys (a key also covers everything under it) that differ between the seeds of one method.
@@ -70,6 +71,11 @@ class Method:
 class Experiment:
     name: str
     methods: list[Method]
+
+    @property
+    def headline(self) -> Headline:
+        """What its methods are compared by: test accuracy, or the validation loss of next-token runs."""
+        return headline_of([run.summary for method in self.methods for run in method.runs])
 
     @property
     def slug(self) -> str:

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .aggregate import Stat, seed_stat
-from .frontier import FrontierRow, Reach, accuracy_levels, best_final_accuracy, frontier_rows
+from .frontier import FrontierRow, Reach, best_final, frontier_rows, headline_levels
+from .headline import ACCURACY, Headline
 from .runs import Experiment, Method, Run
 
 
@@ -39,15 +40,31 @@ def samples_before_the_cap(run: Run) -> float | None:
     return next((r["samples"] for r in run.train_records if r["next_batch_size"] >= policy["max"]), None)
 
 
-COLUMNS = (
+COMMON_COLUMNS = (
     Column("steps", "optimizer steps", ".1f"),
     Column("mean_batch_size", "mean batch size", ".1f"),
     Column("samples_before_cap", "samples before b = b_max", ".0f", samples_before_the_cap),
     Column("train_time_s", "wall-clock training time (s)", ".2f"),
     Column("best_train_loss", "best training loss", ".4f"),
+)
+COLUMNS = (  # classification
+    *COMMON_COLUMNS,
     Column("best_test_acc", "best test accuracy", ".3f"),
     Column("final_test_acc", "final test accuracy", ".3f"),
 )
+TOKEN_COLUMNS = (  # next-token prediction: tokens seen, and the validation split's loss and perplexity
+    *COMMON_COLUMNS[:2],
+    Column("tokens", "tokens processed", ".0f"),
+    *COMMON_COLUMNS[2:],
+    Column("final_test_loss", "final validation loss (nats/token)", ".4f"),
+    Column("best_test_perplexity", "best validation perplexity", ".3f"),
+    Column("final_test_perplexity", "final validation perplexity", ".3f"),
+)
+COLUMNS_BY_HEADLINE = {ACCURACY.key: COLUMNS, "test_loss": TOKEN_COLUMNS}
+
+
+def columns_of(experiment: Experiment) -> tuple[Column, ...]:
+    return COLUMNS_BY_HEADLINE[experiment.headline.key]
 
 
 @dataclass(frozen=True)
@@ -62,27 +79,28 @@ def column_value(column: Column, run: Run) -> float | None:
     return column.of_run(run) if column.of_run else run.summary.get(column.key)
 
 
-def method_row(method: Method) -> Row:
-    stats = {column.key: seed_stat([column_value(column, run) for run in method.completed]) for column in COLUMNS}
+def method_row(method: Method, columns: tuple[Column, ...] = COLUMNS) -> Row:
+    stats = {column.key: seed_stat([column_value(column, run) for run in method.completed]) for column in columns}
     return Row(method.label, len(method.completed), len(method.incomplete), stats)
 
 
 def table_rows(experiment: Experiment) -> list[Row]:
-    return [method_row(method) for method in experiment.methods]
+    columns = columns_of(experiment)
+    return [method_row(method, columns) for method in experiment.methods]
 
 
 def csv_number(value: float) -> str:
     return "" if math.isnan(value) else repr(value)
 
 
-def write_csv(rows: list[Row], path: Path) -> Path:
+def write_csv(rows: list[Row], path: Path, columns: tuple[Column, ...] = COLUMNS) -> Path:
     header = ["method", "seeds", "incomplete"]
-    header += [f"{column.key}_{part}" for column in COLUMNS for part in ("mean", "std")]
+    header += [f"{column.key}_{part}" for column in columns for part in ("mean", "std")]
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(header)
         for row in rows:
-            numbers = [csv_number(getattr(row.stats[c.key], part)) for c in COLUMNS for part in ("mean", "std")]
+            numbers = [csv_number(getattr(row.stats[c.key], part)) for c in columns for part in ("mean", "std")]
             writer.writerow([row.method, row.seeds, row.incomplete, *numbers])
     return path
 
@@ -106,9 +124,10 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def write_markdown(experiment: Experiment, rows: list[Row], path: Path) -> Path:
-    header = ["method", "seeds", *(column.header for column in COLUMNS)]
+    columns = columns_of(experiment)
+    header = ["method", "seeds", *(column.header for column in columns)]
     cells = [
-        [row.method, seeds_cell(row), *(markdown_cell(row.stats[c.key], c.fmt) for c in COLUMNS)] for row in rows
+        [row.method, seeds_cell(row), *(markdown_cell(row.stats[c.key], c.fmt) for c in columns)] for row in rows
     ]
     parts = [
         f"# {experiment.name}",
@@ -132,22 +151,25 @@ def write_markdown(experiment: Experiment, rows: list[Row], path: Path) -> Path:
 def write_tables(experiment: Experiment, out_dir: Path) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = table_rows(experiment)
-    return [write_csv(rows, out_dir / "table.csv"), write_markdown(experiment, rows, out_dir / "table.md")]
+    return [write_csv(rows, out_dir / "table.csv", columns_of(experiment)),
+            write_markdown(experiment, rows, out_dir / "table.md")]
 
 
-def reach_columns(level: int) -> list[str]:
-    return [f"steps_to_{level}pct_mean", f"steps_to_{level}pct_seeds_reached"]
+def reach_columns(level: float, headline: Headline = ACCURACY) -> list[str]:
+    name = headline.level_column.format(level)
+    return [f"steps_to_{name}_mean", f"steps_to_{name}_seeds_reached"]
 
 
-def write_frontier_csv(rows: list[FrontierRow], levels: tuple[int, ...], path: Path) -> Path:
+def write_frontier_csv(rows: list[FrontierRow], levels: tuple[float, ...], path: Path,
+                       headline: Headline = ACCURACY) -> Path:
     header = ["method", "seeds", "incomplete", "mean_batch_size_mean"]
-    header += [f"{key}_{part}" for key in ("steps", "final_test_acc", "best_train_loss") for part in ("mean", "std")]
-    header += [name for level in levels for name in reach_columns(level)]
+    header += [f"{key}_{part}" for key in ("steps", headline.final_key, "best_train_loss") for part in ("mean", "std")]
+    header += [name for level in levels for name in reach_columns(level, headline)]
     with open(path, "w", newline="") as f:
         writer = csv.writer(f, lineterminator="\n")
         writer.writerow(header)
         for row in rows:
-            stats = (row.steps, row.final_test_acc, row.best_train_loss)
+            stats = (row.steps, row.final, row.best_train_loss)
             numbers = [csv_number(getattr(stat, part)) for stat in stats for part in ("mean", "std")]
             reached = [cell for r in row.reach for cell in (csv_number(r.mean_step), r.reached)]
             writer.writerow([row.method, row.seeds, row.incomplete, csv_number(row.mean_batch_size.mean), *numbers,
@@ -166,8 +188,10 @@ def reach_cell(reach: Reach) -> str:
     return steps if reach.reached == reach.seeds else f"{steps} ({reach.reached}/{reach.seeds} seeds)"
 
 
-def frontier_note(experiment: Experiment, levels: tuple[int, ...]) -> str:
-    label, accuracy = best_final_accuracy(experiment)
+def frontier_note(experiment: Experiment, levels: tuple[float, ...]) -> str:
+    if experiment.headline.key != ACCURACY.key:
+        return validation_loss_note(experiment, levels)
+    label, accuracy = best_final(experiment)
     shown = ", ".join(f"{level}%" for level in levels)
     return (
         "One row per method; constant batch sizes in order of b, norm tests in order of η. Over the "
@@ -186,20 +210,48 @@ def frontier_note(experiment: Experiment, levels: tuple[int, ...]) -> str:
     )
 
 
-def write_frontier_markdown(experiment: Experiment, rows: list[FrontierRow], levels: tuple[int, ...],
+def validation_loss_note(experiment: Experiment, levels: tuple[float, ...]) -> str:
+    headline = experiment.headline
+    label, loss = best_final(experiment)
+    shown = ", ".join(headline.level_name(level) for level in levels)
+    margins = ", ".join(f"{margin:g}" for margin in headline.margins)
+    return (
+        "One row per method; constant batch sizes in order of b, norm tests in order of η. Lower is better. "
+        "Over the completed seeds of each method:\n\n"
+        "- **seeds**: completed seeds averaged (incomplete runs are not);\n"
+        "- **mean batch size**: sequences per optimizer step (samples / steps), mean over seeds;\n"
+        "- **optimizer steps**, **final validation loss** (nats per token on the validation split at the end "
+        "of training) and **best training loss** (the lowest loss on the fixed training sequences over the "
+        "run's evaluations): mean ± sample standard deviation (ddof=1) over seeds; a single seed shows its "
+        "value alone;\n"
+        "- **steps to loss L**: for each seed, the step of its first evaluation with validation loss ≤ L, "
+        "averaged over the seeds that reached L; *k/n seeds* when only k of the n did, — when none did. "
+        "Evaluations are sparse, so each value is an upper bound.\n\n"
+        f"The levels L ({shown}) are the best mean final validation loss over the methods "
+        f"({loss:.4f}, {label}) plus {margins} nats, rounded up to a hundredth."
+    )
+
+
+def write_frontier_markdown(experiment: Experiment, rows: list[FrontierRow], levels: tuple[float, ...],
                             path: Path) -> Path:
-    header = ["method", "seeds", "mean batch size", "optimizer steps", "final test accuracy (%)",
-              "best training loss", *(f"steps to {level}%" for level in levels)]
+    headline = experiment.headline
+    accuracy = headline.key == ACCURACY.key
+    header = ["method", "seeds", "mean batch size", "optimizer steps",
+              "final test accuracy (%)" if accuracy else "final validation loss (nats/token)",
+              "best training loss",
+              *(f"steps to {level}%" if accuracy else f"steps to loss {headline.level_name(level)}" for level in levels)]
     cells = [
         [
             row.method, seeds_cell(row),
             "—" if row.mean_batch_size.n == 0 else f"{row.mean_batch_size.mean:,.1f}",
-            markdown_cell(row.steps, ",.0f"), markdown_cell(as_percent(row.final_test_acc), ".2f"),
+            markdown_cell(row.steps, ",.0f"),
+            markdown_cell(as_percent(row.final), ".2f") if accuracy else markdown_cell(row.final, ".4f"),
             markdown_cell(row.best_train_loss, ".4f"), *(reach_cell(reach) for reach in row.reach),
         ]
         for row in rows
     ]
-    parts = [f"# {experiment.name}: steps to accuracy", frontier_note(experiment, levels), markdown_table(header, cells)]
+    title = "steps to accuracy" if accuracy else "steps to validation loss"
+    parts = [f"# {experiment.name}: {title}", frontier_note(experiment, levels), markdown_table(header, cells)]
     path.write_text("\n\n".join(parts) + "\n")
     return path
 
@@ -207,9 +259,9 @@ def write_frontier_markdown(experiment: Experiment, rows: list[FrontierRow], lev
 def write_frontier_tables(experiment: Experiment, out_dir: Path) -> list[Path]:
     """frontier.csv and frontier.md of an experiment with at least one completed run."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    rows, levels = frontier_rows(experiment), accuracy_levels(experiment)
+    rows, levels = frontier_rows(experiment), headline_levels(experiment)
     return [
-        write_frontier_csv(rows, levels, out_dir / "frontier.csv"),
+        write_frontier_csv(rows, levels, out_dir / "frontier.csv", experiment.headline),
         write_frontier_markdown(experiment, rows, levels, out_dir / "frontier.md"),
     ]
 

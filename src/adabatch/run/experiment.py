@@ -11,7 +11,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ..adaptive_batch import AdaptiveBatch
 from ..batch_size import AdaptiveTest, BatchSizePolicy, build_policy, cap_batch_sizes
-from ..data import ArrayDataset, TrainingData, build_augmentation
+from ..data import ArrayDataset, TrainingData, build_augmentation, check_text_model
 from ..data.from_config import dataset_from_config
 from ..data.holdout import hold_out, holdout_record
 from ..device import autocast, resolve_device
@@ -21,6 +21,7 @@ from ..optim import build_optimizer
 from ..random_state import rng_state, set_rng_state
 from ..schedules import Schedule, build_schedule
 from ..stats import StatisticsEngine, build_engine
+from ..tasks import Task, task_of
 from ..validation import check_config, check_model, plain
 
 
@@ -41,6 +42,7 @@ class Experiment:
     autocast: contextlib.AbstractContextManager
     capped_batch_sizes: dict[str, Any]  # {batch_size key: value asked for} where it exceeded the training set
     held_out: dict[str, Any]  # what the summary records of the validation split ({} without one)
+    task: Task  # what the examples are for (the dataset's): the loss of every step, and what evaluation reports
 
     @property
     def policy(self) -> BatchSizePolicy:
@@ -95,6 +97,8 @@ def build_checked_experiment(cfg: DictConfig, world: World) -> Experiment:
     dataset = hold_out(dataset, validation).to(device)
     data = TrainingData(dataset, build_augmentation(cfg.dataset.augmentation), cfg.seed, device)
     model = model_from_config(plain(cfg.model), dataset.input_shape, dataset.num_classes)
+    check_text_model(dataset, model, cfg.model.name)
+    task = task_of(dataset)
     population = dataset.num_train
     batch_options, capped = cap_batch_sizes(plain(cfg.batch_size), population)  # batches hold distinct examples
     policy = build_policy(batch_options, budget=cfg.train.samples, population=population)
@@ -102,7 +106,7 @@ def build_checked_experiment(cfg: DictConfig, world: World) -> Experiment:
     model = model.to(device)
     engine = None
     if isinstance(policy, AdaptiveTest):
-        engine = build_engine(cfg.batch_size.engine, model)  # on the bare model: tested steps reduce their own sums
+        engine = build_engine(cfg.batch_size.engine, model, loss=task.loss)  # on the bare model: tested steps reduce their own sums
     step_model = model
     if world.size > 1:
         step_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -119,8 +123,9 @@ def build_checked_experiment(cfg: DictConfig, world: World) -> Experiment:
         optimizer=build_optimizer(plain(cfg.optimizer), model.parameters()),
         schedule=build_schedule(plain(cfg.schedule)),
         adaptive=AdaptiveBatch(model, policy, engine, None if max_micro == "auto" else max_micro,
-                               step_model=step_model, autocast=precision, world=world),
+                               step_model=step_model, autocast=precision, world=world, task=task),
         autocast=precision,
         capped_batch_sizes=capped,
         held_out=held_out,
+        task=task,
     )

@@ -53,22 +53,35 @@ def micro_batch_search(cfg: DictConfig, exp: Experiment, reporter: Reporter) -> 
     return choice.record()
 
 
-def evaluate(cfg: DictConfig, exp: Experiment, split: str, limit: int | None = None) -> tuple[float, float]:
-    """(mean loss, accuracy) on `split` (its first `limit` examples), summed over the ranks' shares."""
+def evaluate(cfg: DictConfig, exp: Experiment, split: str, limit: int | None = None) -> dict[str, float]:
+    """The task's metrics on `split` (its first `limit` examples), summed over the ranks' shares: "loss"
+    (the mean per example; nats per token for next_token) and the task's metric (acc, perplexity)."""
     world = exp.world
     batches = evaluation_batches(exp.dataset, split, cfg.train.eval_batch_size, exp.device, limit, world.rank, world.size)
-    totals = evaluation_totals(exp.model, batches, exp.autocast)
+    totals = evaluation_totals(exp.model, batches, exp.autocast, exp.task)
     world.sum_([totals])
-    loss_sum, correct, count = totals.tolist()
-    return loss_sum / count, correct / count
+    return exp.task.metrics(totals)
 
 
 def run_evaluation(cfg: DictConfig, exp: Experiment, reporter: Reporter, step: int, samples: int) -> None:
-    test_loss, test_acc = evaluate(cfg, exp, "test")
-    train_eval_loss, train_eval_acc = evaluate(cfg, exp, "train", cfg.train.eval_train_examples)
-    validation = dict(zip(("validation_loss", "validation_acc"), evaluate(cfg, exp, "validation"))) if exp.dataset.num_validation else {}
-    reporter.evaluation(step=step, samples=samples, test_loss=test_loss, test_acc=test_acc,
-                        train_eval_loss=train_eval_loss, train_eval_acc=train_eval_acc, **validation)
+    test = evaluate(cfg, exp, "test")
+    train_eval = evaluate(cfg, exp, "train", cfg.train.eval_train_examples)
+    metric = exp.task.metric
+    validation = {}
+    if exp.dataset.num_validation:
+        held_out = evaluate(cfg, exp, "validation")
+        validation = {"validation_loss": held_out["loss"], f"validation_{metric}": held_out[metric]}
+    reporter.evaluation(step=step, samples=samples, **tokens_of(exp, samples),
+                        test_loss=test["loss"], **{f"test_{metric}": test[metric]},
+                        train_eval_loss=train_eval["loss"], **{f"train_eval_{metric}": train_eval[metric]},
+                        **validation)
+
+
+def tokens_of(exp: Experiment, samples: int) -> dict[str, int]:
+    """{"tokens": predicted tokens in `samples` examples} for a token dataset; {} for the others (their
+    records stay as they were)."""
+    per_example = exp.dataset.tokens_per_example
+    return {} if per_example is None else {"tokens": samples * per_example}
 
 
 def train(cfg: DictConfig, run_dir: Path, world: World = SINGLE_PROCESS) -> dict[str, Any]:
@@ -98,10 +111,12 @@ def _train(cfg: DictConfig, run_dir: Path, world: World) -> dict[str, Any]:
     checkpoint = load_checkpoint(run_dir) if start == "resume" else None
     if world.is_main:
         remove_temporary_files(run_dir)
-    reporter = Reporter(cfg, run_dir, normalization_of(exp.model), writes=world.is_main,
+    reporter = Reporter(cfg, run_dir, normalization_of(exp.model), exp.task, writes=world.is_main,
                         resume=checkpoint["reporter"] if checkpoint else None)
     started = time.perf_counter()
     capped_from = {"batch_size_capped_from": exp.capped_batch_sizes} if exp.capped_batch_sizes else {}
+    description = getattr(exp.dataset, "description", None)  # token datasets say what the data was
+    data_record = {"data": description()} if description is not None else {}
     if exp.capped_batch_sizes:
         asked = ", ".join(f"batch_size.{key}={value}" for key, value in exp.capped_batch_sizes.items())
         reporter.note(f"{asked} capped at the {exp.dataset.num_train} training examples: a batch holds distinct examples")
@@ -121,9 +136,10 @@ def _train(cfg: DictConfig, run_dir: Path, world: World) -> dict[str, Any]:
 
     def summary(status: str, **fields: Any) -> dict[str, Any]:
         return reporter.finish(
-            status=status, steps=adaptive.steps, samples=adaptive.samples, train_time_s=loop.train_time,
-            wall_time_s=wall_time(), world_size=world.size, resumes=loop.resumes, **capped_from, **exp.held_out, **fields,
-            **({"max_micro_auto": loop.max_micro_auto} if loop.max_micro_auto else {}),
+            status=status, steps=adaptive.steps, samples=adaptive.samples, **tokens_of(exp, adaptive.samples),
+            train_time_s=loop.train_time, wall_time_s=wall_time(), world_size=world.size, resumes=loop.resumes,
+            **capped_from, **exp.held_out, **fields,
+            **({"max_micro_auto": loop.max_micro_auto} if loop.max_micro_auto else {}), **data_record,
         )
 
     exp.model.train()
@@ -142,7 +158,7 @@ def _train(cfg: DictConfig, run_dir: Path, world: World) -> dict[str, Any]:
             loop.train_time += time.perf_counter() - tick
             layout = plan_layout(len(batch), world.size, adaptive.max_micro)
             reporter.training(
-                step=adaptive.steps, samples=adaptive.samples, batch_size=len(batch),
+                step=adaptive.steps, samples=adaptive.samples, **tokens_of(exp, adaptive.samples), batch_size=len(batch),
                 micro_batch_size=layout.micro_batch_size, accumulation=layout.accumulation, lr=lr,
                 train_loss=result.loss, time_s=loop.train_time, next_batch_size=result.next_batch_size,
                 **(result.statistics or {}),

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from ..tasks import Task
 from .progress import Progress
 from .records import RunRecords
 
@@ -15,10 +16,12 @@ from .records import RunRecords
 class Reporter:
     """`writes=False` (data-parallel ranks other than 0) keeps the summary and writes nothing.
     `resume` (a checkpoint's reporter state) continues the records where the checkpoint left them.
-    `normalization`: what the model normalizes with (models.normalization_of), for the summary."""
+    `normalization`: what the model normalizes with (models.normalization_of), for the summary. `task`:
+    what the evaluations report (`test_<task.metric>`) and which of its values is best."""
 
     def __init__(
-        self, cfg: DictConfig, run_dir: Path, normalization: str, writes: bool = True, resume: dict | None = None
+        self, cfg: DictConfig, run_dir: Path, normalization: str, task: Task, writes: bool = True,
+        resume: dict | None = None,
     ) -> None:
         config = OmegaConf.to_container(cfg, resolve=True)
         resume = resume or {}
@@ -34,6 +37,7 @@ class Reporter:
             self.wandb = WandbSink(cfg.logger, config, run_dir, name=run_dir.name, run_id=resume.get("wandb_id"))
         self.log_every = cfg.train.log_every
         self.norm_policy = normalization
+        self.task = task
         self.last_train: dict[str, Any] | None = resume.get("last_train")
         self.unrecorded_train: dict[str, Any] | None = resume.get("unrecorded_train")  # the last step, if skipped
         self.evals: list[dict[str, Any]] = resume.get("evals", [])
@@ -82,9 +86,10 @@ class Reporter:
         self.evals.append(record)
         self._emit(record)
         if self.progress is not None:
+            metric = self.task.metric
             self.progress.note(
                 f"eval at step {record['step']} ({record['samples']} samples): "
-                f"test loss {record['test_loss']:.4f}, test acc {record['test_acc']:.4f}"
+                f"test loss {record['test_loss']:.4f}, test {metric} {record[f'test_{metric}']:.4f}"
             )
 
     def finish(
@@ -95,14 +100,15 @@ class Reporter:
         if self.unrecorded_train is not None:
             self._emit(self.unrecorded_train)  # the last step is always on record
         final = self.evals[-1] if self.evals else {}
+        metric = f"test_{self.task.metric}"  # classification: test_acc
         summary = {
             "status": status,
             "steps": steps,
             "samples": samples,
             **fields,
             "final_test_loss": final.get("test_loss"),
-            "final_test_acc": final.get("test_acc"),
-            "best_test_acc": max((e["test_acc"] for e in self.evals), default=None),
+            f"final_{metric}": final.get(metric),
+            f"best_{metric}": self.task.best([e[metric] for e in self.evals]),
             "final_train_loss": final.get("train_eval_loss"),
             "best_train_loss": min((e["train_eval_loss"] for e in self.evals), default=None),
             **self.validation_summary(final),
@@ -122,13 +128,15 @@ class Reporter:
         return summary
 
     def validation_summary(self, final: dict[str, Any]) -> dict[str, Any]:
-        """The validation split's final and best accuracy and final loss; {} for a run without one."""
-        if "validation_acc" not in final:
+        """The validation split's final and best metric (accuracy, perplexity) and final loss; {} for a run
+        without one."""
+        metric = f"validation_{self.task.metric}"
+        if metric not in final:
             return {}
         return {
             "final_validation_loss": final["validation_loss"],
-            "final_validation_acc": final["validation_acc"],
-            "best_validation_acc": max(e["validation_acc"] for e in self.evals if "validation_acc" in e),
+            f"final_{metric}": final[metric],
+            f"best_{metric}": self.task.best([e[metric] for e in self.evals if metric in e]),
         }
 
     def close(self, exit_code: int = 0) -> None:
