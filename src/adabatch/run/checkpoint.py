@@ -23,7 +23,7 @@ import torch
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
-from ..config_keys import KEYS_NOT_CHANGING_TRAINING
+from ..config_keys import KEYS_NOT_CHANGING_TRAINING, training_identity
 from ..validation import ConfigError
 from .records import CONFIG_FILE, METRICS_FILE, MODEL_FILE, PACKED_METRICS_FILE, SUMMARY_FILE, write_atomic
 
@@ -95,11 +95,12 @@ def how_to_start(cfg: DictConfig, run_dir: Path) -> str:
 
 def check_same_config(cfg: DictConfig, run_dir: Path) -> None:
     """A resumed run must be the run that was started: refuse one whose config differs."""
-    before = flatten(yaml.safe_load((run_dir / CONFIG_FILE).read_text()))
-    now = flatten(OmegaConf.to_container(cfg, resolve=True))
+    def ignored(key: str) -> bool:
+        return key.startswith(KEYS_NOT_CHANGING_TRAINING)  # they may change on resuming
+
+    before = training_identity(flatten(yaml.safe_load((run_dir / CONFIG_FILE).read_text())), ignored)
+    now = training_identity(flatten(OmegaConf.to_container(cfg, resolve=True)), ignored)
     for key in sorted(before.keys() | now.keys()):
-        if key.startswith(KEYS_NOT_CHANGING_TRAINING):  # they may change on resuming
-            continue
         if before.get(key, "<absent>") != now.get(key, "<absent>"):
             raise ConfigError(
                 f"{run_dir} holds a run with {key}={before.get(key, '<absent>')}, not {now.get(key, '<absent>')}; "

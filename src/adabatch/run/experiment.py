@@ -17,6 +17,7 @@ from ..device import autocast, resolve_device
 from ..distributed import SINGLE_PROCESS, World
 from ..models import model_from_config
 from ..optim import build_optimizer
+from ..parallel.local_engine import LOCAL, LocalStatistics
 from ..random_state import rng_state, set_rng_state
 from ..schedules import Schedule, build_schedule
 from ..stats import StatisticsEngine, build_engine
@@ -45,7 +46,7 @@ class Experiment:
         return self.adaptive.policy
 
     @property
-    def engine(self) -> StatisticsEngine | None:  # per-example statistics, for the adaptive tests only
+    def engine(self) -> StatisticsEngine | LocalStatistics | None:  # the adaptive tests' statistics
         return self.adaptive.engine
 
     def state_dict(self) -> dict[str, Any] | None:
@@ -96,8 +97,8 @@ def build_checked_experiment(cfg: DictConfig, world: World) -> Experiment:
     check_model(model, policy, cfg)
     model = model.to(device)
     engine = None
-    if isinstance(policy, AdaptiveTest):
-        engine = build_engine(cfg.batch_size.engine, model)  # on the bare model: tested steps reduce their own sums
+    if isinstance(policy, AdaptiveTest):  # on the bare model: tested steps reduce their own sums
+        engine = cfg.batch_size.engine if cfg.batch_size.engine == LOCAL else build_engine(cfg.batch_size.engine, model)
     step_model = model
     if world.size > 1:
         step_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -114,7 +115,7 @@ def build_checked_experiment(cfg: DictConfig, world: World) -> Experiment:
         optimizer=build_optimizer(plain(cfg.optimizer), model.parameters()),
         schedule=build_schedule(plain(cfg.schedule)),
         adaptive=AdaptiveBatch(model, policy, engine, None if max_micro == "auto" else max_micro,
-                               step_model=step_model, autocast=precision, world=world),
+                               step_model=step_model, autocast=precision, world=world, parts=cfg.batch_size.get("parts", 2)),
         autocast=precision,
         capped_batch_sizes=capped,
     )
