@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 
 import torch
+from torch.distributed.fsdp import FSDPModule
 from torch.nn.parallel import DistributedDataParallel
 
 from .data import Batch, Examples
@@ -42,6 +43,9 @@ def accumulate_gradient(
 
 def _sync_gradients(model: torch.nn.Module, sync: bool) -> contextlib.AbstractContextManager:
     ddp = getattr(model, "_orig_mod", model)  # torch.compile wraps the DDP module
+    if isinstance(ddp, FSDPModule):  # FSDP2: reduce-scatter in the last micro-batch's backward only
+        ddp.set_requires_gradient_sync(sync)
+        return contextlib.nullcontext()
     if sync or not isinstance(ddp, DistributedDataParallel):
         return contextlib.nullcontext()
     return ddp.no_sync()
