@@ -215,6 +215,24 @@ reproduce: | $(SYNCED)
 
 paper-runs: $(PAPER_RUN_TARGETS)
 
+# The decision-quality study of batch_size.engine=local (issue 34): the norm test from at least M = 2, 4, 8, 16
+# parts against the per-example norm test, on the logistic row (fashion_logistic, AdaGrad), SEEDS each.
+LOCAL_STUDY_PARTS ?= 2 4 8 16
+LOCAL_STUDY_TARGETS := $(foreach s,$(SEEDS),results/local_study/runs/fashion_logistic/norm_test-adagrad/seed$(s)/summary.json) \
+  $(foreach m,$(LOCAL_STUDY_PARTS),$(foreach s,$(SEEDS),results/local_study/runs/fashion_logistic/norm_test_local-adagrad/parts_$(m)/seed$(s)/summary.json))
+
+results/local_study/runs/%/summary.json: | $(SYNCED)
+	OMP_NUM_THREADS=1 $(call train_run,$*,$(@D))
+
+.PHONY: local-study local-study-runs
+## engine=local against the per-example norm test (logistic row, M = 2-16 parts, 3 seeds): results/local_study/
+local-study: | $(SYNCED) data-fashion-mnist
+	$(MAKE) -k -j$(JOBS) local-study-runs
+	$(MAKE) pack-runs RUNS=results/local_study/runs
+	$(PY) scripts/local_study.py results/local_study/runs --out results/local_study
+
+local-study-runs: $(LOCAL_STUDY_TARGETS)
+
 ## Every paper run's real steps at its true shapes on stand-in pixels (CPU, ~15 min): results/smoke/cpu.md
 smoke-paper: | $(SYNCED)
 	$(PY) -m adabatch_bench.smoke_paper $(ARGS)

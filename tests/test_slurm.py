@@ -111,11 +111,20 @@ def test_a_preempted_array_task_resumes_and_ends_like_an_uninterrupted_one(tmp_p
     assert all(torch.equal(model[k], expected[k]) for k in expected)
 
 
-def test_the_multi_node_template_runs_a_ddp_run(tmp_path):
-    """slurm/ddp.sbatch on the one local node: srun, then torchrun with two CPU processes (gloo)."""
+@pytest.mark.parametrize("parallel", [
+    (),
+    ("train.parallel=fsdp", "batch_size.engine=local", "batch_size.max=64"),
+], ids=["ddp", "fsdp"])
+def test_the_multi_node_template_runs_a_ddp_run(parallel, tmp_path):
+    """slurm/ddp.sbatch on the one local node: srun, then torchrun with two CPU processes (gloo); with
+    train.parallel=fsdp the model is sharded and the norm test takes its statistics from the parts."""
     env = {**ENV, "NPROC_PER_NODE": "2", "RUN_DIR": str(tmp_path / "run")}
     job = run("sbatch", "--parsable", "--cpus-per-task=2", f"--output={tmp_path}/ddp-%j.out", "slurm/ddp.sbatch",
-              *TINY_RUN, env=env).strip()
+              *(TINY_RUN if not parallel else [a.replace("batch_size=constant", "batch_size=norm") for a in TINY_RUN]),
+              *parallel, env=env).strip()
     wait_until_gone(job)
     summary = read_summary(tmp_path / "run")
     assert (summary["status"], summary["world_size"]) == ("completed", 2), (tmp_path / f"ddp-{job}.out").read_text()
+    if parallel:
+        tested = [r for r in read_metrics(tmp_path / "run", "train") if r.get("tested")]
+        assert tested and all(r["statistics_source"] == "parts" and r["parts"] >= 2 for r in tested)

@@ -24,6 +24,7 @@ import torch
 from .batch_size import AdaptiveTest, BatchSizePolicy, build_policy
 from .data import Batch, Examples
 from .distributed import SINGLE_PROCESS, World
+from .parallel.local_engine import LOCAL, PER_EXAMPLE_SOURCE, LocalStatistics
 from .stats import BatchStatistics, StatisticsEngine, build_engine, gradient_with_statistics
 from .step import accumulate_gradient
 from .tasks import TASKS, Task
@@ -58,8 +59,9 @@ class AdaptiveBatch:
 
     `policy`: a `configs/batch_size` mapping ({"name": "norm", "initial": 8, "max": 512, "eta": 0.5};
     its loop keys, such as engine and max_micro, are ignored: they are arguments here) or a built
-    `BatchSizePolicy`. `engine`: "ghost", "opacus", "functorch",
-    or a built engine (used only by policies that test). `max_micro`: the largest micro-batch (None:
+    `BatchSizePolicy`. `engine`: "ghost", "opacus", "functorch" (per-example statistics), "local"
+    (from the gradients of the batch's parts: ranks x micro-batches, at least `parts` of them), or a
+    built engine (used only by policies that test). `max_micro`: the largest micro-batch (None:
     the whole batch at once); the statistics are exact however the batch is split. `task`: what the
     examples are for ("classification", the default: the cross-entropy of (n, classes) logits;
     "next_token": each sequence's mean token cross-entropy; or a built `Task`); its loss is the step's and
@@ -83,6 +85,7 @@ class AdaptiveBatch:
         budget: int | None = None,
         population: int | None = None,
         task: str | Task = "classification",
+        parts: int = 2,
     ) -> None:
         if not isinstance(policy, BatchSizePolicy):
             if policy.get("name") == "stagewise" and budget is None:
@@ -90,9 +93,12 @@ class AdaptiveBatch:
             policy = build_policy(policy, budget=budget or 0, population=population)
         self.policy = policy
         self.task = TASKS[task] if isinstance(task, str) else task
-        self.engine: StatisticsEngine | None = None
+        self.engine: StatisticsEngine | LocalStatistics | None = None
         if isinstance(policy, AdaptiveTest):
-            self.engine = build_engine(engine, model, loss=self.task.loss) if isinstance(engine, str) else engine
+            if engine == LOCAL:
+                self.engine = LocalStatistics(model, policy.needs, parts)
+            else:
+                self.engine = build_engine(engine, model, loss=self.task.loss) if isinstance(engine, str) else engine
         self.max_micro = max_micro
         self.step_model = model if step_model is None else step_model
         self.autocast = autocast
@@ -118,7 +124,8 @@ class AdaptiveBatch:
         if problem is not None:
             raise Diverged(problem)
         decision = self.policy.decide(step=step, samples=samples, batch_size=len(batch), statistics=statistics)
-        result = Step(loss, decision.record if tested else None, self.world.agree(decision.next_size))
+        record = {**decision.record, **self.statistics_source()} if tested else None
+        result = Step(loss, record, self.world.agree(decision.next_size))
         self.steps, self.samples, self.batch_size = step, samples, result.next_batch_size
         return result
 
@@ -127,7 +134,10 @@ class AdaptiveBatch:
         statistics when `tested`, identical on every rank)."""
         max_micro = len(batch) if self.max_micro is None else self.max_micro
         statistics = None
-        if tested:
+        if tested and isinstance(self.engine, LocalStatistics):
+            loss, statistics = self.engine.tested_step(self.step_model, data, batch, max_micro, self.policy.ip_mode,
+                                                       self.autocast, self.world)
+        elif tested:
             policy = self.policy
             loss, statistics = gradient_with_statistics(
                 self.engine, data, batch, max_micro, policy.needs, policy.ip_mode, self.autocast, self.world
@@ -136,6 +146,13 @@ class AdaptiveBatch:
             loss = accumulate_gradient(self.step_model, data, batch, max_micro, self.autocast, self.world, self.task.loss)
         self.world.sum_([loss])
         return loss.item(), statistics  # .item() also waits for the device, so step timings are honest
+
+    def statistics_source(self) -> dict[str, Any]:
+        """What a tested step's record says of where its statistics came from: the batch's M parts, or
+        its examples."""
+        if isinstance(self.engine, LocalStatistics):
+            return self.engine.record()
+        return {"statistics_source": PER_EXAMPLE_SOURCE}
 
     def state_dict(self) -> dict[str, Any]:
         """What `step` needs to continue after a restart: the policy's memory, the counters and the

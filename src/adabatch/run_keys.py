@@ -16,7 +16,8 @@ RUN_KEYS: dict[str, dict[str, Any]] = {
     "model": {"name": NAME},
     "optimizer": {"name": NAME, "label": NAME, "tested_label": NAME},
     "schedule": {"name": NAME},
-    "batch_size": {"name": NAME, "max_micro": 1024, "max_micro_memory_gb": None, "engine": "ghost"},
+    "batch_size": {"name": NAME, "max_micro": 1024, "max_micro_memory_gb": None, "engine": "ghost",
+                   "parts": 2},
 }
 
 

@@ -5,6 +5,7 @@ import contextlib
 from collections.abc import Callable
 
 import torch
+from torch.distributed.fsdp import FSDPModule
 from torch.nn.parallel import DistributedDataParallel
 
 from .data import Batch, Examples
@@ -48,6 +49,9 @@ def accumulate_gradient(
 
 def _sync_gradients(model: torch.nn.Module, sync: bool) -> contextlib.AbstractContextManager:
     ddp = getattr(model, "_orig_mod", model)  # torch.compile wraps the DDP module
+    if isinstance(ddp, FSDPModule):  # FSDP2: reduce-scatter in the last micro-batch's backward only
+        ddp.set_requires_gradient_sync(sync)
+        return contextlib.nullcontext()
     if sync or not isinstance(ddp, DistributedDataParallel):
         return contextlib.nullcontext()
     return ddp.no_sync()

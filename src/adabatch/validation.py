@@ -27,6 +27,7 @@ from .distributed import World
 from .errors import ConfigError
 from .models import check_model_config
 from .optim import build_optimizer
+from .parallel.local_engine import LOCAL, MIN_PARTS
 from .schedules import build_schedule
 from .stats import ENGINES, build_engine
 
@@ -35,6 +36,7 @@ __all__ = ["ConfigError", "check_config", "check_model", "plain"]
 SEED_LIMIT = 2**64  # torch's generators take 64-bit seeds
 RESUME_MODES = ("auto", "never", "must")
 LOGGERS = ("none", "wandb")  # configs/logger/: what reporting.Reporter logs to besides the run's own files
+PARALLEL = ("ddp", "fsdp")  # train.parallel: how the ranks hold the model (a full copy each, or shards)
 AUTO = "auto"  # batch_size.max_micro=auto (micro_batch.AUTO; not imported, so that the run package may import this)
 
 
@@ -66,6 +68,7 @@ RUN_SETTINGS: dict[str, Callable[[str, Any], Any]] = {
     "train.compile": checks.switch,
     "train.save_model": checks.switch,
     "batch_size.max_micro": max_micro,
+    "train.parallel": lambda key, value: checks.one_of(key, value, PARALLEL),
     "batch_size.max_micro_memory_gb": memory_gb,
 }
 
@@ -107,12 +110,41 @@ def check_across_groups(cfg: DictConfig, policy: BatchSizePolicy, world: World) 
             f"raise batch_size.initial to at least {world.size} or run fewer processes"
         )
     if isinstance(policy, AdaptiveTest):
-        checks.one_of("batch_size.engine", cfg.batch_size.engine, ENGINES)
+        checks.one_of("batch_size.engine", cfg.batch_size.engine, (*ENGINES, LOCAL))
+        if cfg.batch_size.engine == LOCAL:
+            check_local_parts(cfg, policy, world)
+    if cfg.train.parallel == "fsdp":
+        check_fsdp(cfg, policy, world)
+
+
+def check_local_parts(cfg: DictConfig, policy: BatchSizePolicy, world: World) -> None:
+    """engine=local needs two parts in every tested step. A test's batches hold at least two examples
+    (its policy checks batch_size.initial), so `parts` >= 2 gives two parts in one process too."""
+    checks.integer("batch_size.parts", cfg.batch_size.get("parts", MIN_PARTS), MIN_PARTS,
+                   why="the test from local gradients compares at least two parts of the batch")
+
+
+def check_fsdp(cfg: DictConfig, policy: BatchSizePolicy, world: World) -> None:
+    """FSDP shards the model over the ranks: torchrun, and for a test only the norm test or gns from parts."""
+    if world.size < 2:
+        raise ConfigError("train.parallel=fsdp shards the model over the ranks of a torchrun launch, and this is one "
+                          "process; launch with torchrun --nproc_per_node=2 (or more), or use train.parallel=ddp")
+    if cfg.batch_size.max_micro == AUTO:
+        raise ConfigError("batch_size.max_micro=auto is not offered with train.parallel=fsdp (its trial steps would "
+                          "differ across ranks); set batch_size.max_micro to a number")
+    if not isinstance(policy, AdaptiveTest):
+        return
+    if cfg.batch_size.engine != LOCAL:
+        raise ConfigError(f"batch_size.engine={cfg.batch_size.engine} forms per-example gradients of the full model, "
+                          "which train.parallel=fsdp does not hold; use batch_size.engine=local, or train.parallel=ddp")
+    if policy.needs.coordinates or policy.needs.inner_products:
+        raise ConfigError(f"batch_size={cfg.batch_size.name} from local gradients under train.parallel=fsdp would hold "
+                          "unsharded gradient copies on every rank; use batch_size=norm or gns, or train.parallel=ddp")
 
 
 def check_model(model: torch.nn.Module, policy: BatchSizePolicy, cfg: DictConfig) -> None:
     """What the built model must be for the run's policy: per-example gradients for a test."""
-    if not isinstance(policy, AdaptiveTest):
+    if not isinstance(policy, AdaptiveTest) or cfg.batch_size.engine == LOCAL:  # parts need no per-example gradient
         return
     refuse_batch_norm(model, cfg)
     refuse_dropout_under_vmap(model, cfg)

@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from adabatch.config_keys import KEYS_NOT_CHANGING_TRAINING
+from adabatch.config_keys import KEYS_NOT_CHANGING_TRAINING, training_identity
 from .headline import Headline, headline_of
 from adabatch.run.records import CONFIG_FILE, SUMMARY_FILE, read_metrics, read_summary
 
@@ -142,7 +142,7 @@ def is_label_key(key: str) -> bool:
 
 
 def method_key(config: Mapping[str, Any]) -> str:
-    identity = {k: v for k, v in flatten(config).items() if not is_ignored(k)}
+    identity = training_identity(flatten(config), is_ignored)
     return json.dumps(identity, sort_keys=True, default=str)
 
 

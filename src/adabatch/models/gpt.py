@@ -83,6 +83,8 @@ class Block(nn.Module):
 class GPT(nn.Module):
     """Token ids (n, T), T <= block_size, to next-token logits (n, T, vocab_size)."""
 
+    fsdp_blocks = (Block,)  # train.parallel=fsdp: each block its own unit; the root keeps the tied embedding
+
     def __init__(self, vocab_size: int, block_size: int, n_layer: int, n_head: int, n_embd: int,
                  dropout: float, bias: bool, tie_embeddings: bool) -> None:
         super().__init__()

@@ -73,6 +73,8 @@ class Bottleneck(nn.Module):
 
 
 class ResNet(nn.Module):
+    fsdp_blocks = (BasicBlock, Bottleneck)  # train.parallel=fsdp: each residual block its own unit
+
     def __init__(
         self,
         block: type[BasicBlock] | type[Bottleneck],

@@ -104,6 +104,8 @@ class TransformerBlock(nn.Module):
 
 
 class ViT(nn.Module):
+    fsdp_blocks = (TransformerBlock,)  # train.parallel=fsdp: each block its own unit
+
     def __init__(
         self,
         input_shape: tuple[int, int, int],

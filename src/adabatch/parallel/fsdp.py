@@ -24,6 +24,12 @@ from ..distributed import World
 METADATA = ".metadata"  # the file DCP writes last, once every rank's shards are in place
 
 
+def block_types(model: nn.Module) -> tuple[type[nn.Module], ...]:
+    """The module types a model names as its FSDP units (`fsdp_blocks`: transformer blocks, residual
+    blocks); none: the root unit holds it all."""
+    return tuple(getattr(model, "fsdp_blocks", ()))
+
+
 def shard_model(model: nn.Module, world: World, block_types: tuple[type[nn.Module], ...] = (),
                 reshard_after_forward: bool = True) -> nn.Module:
     """Shard `model` in place over the world's ranks (a 1-D mesh on the model's device type): each

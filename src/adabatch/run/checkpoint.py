@@ -10,12 +10,19 @@ The training loop builds it (format 2):
                    next batch size) and every rank's statistics-engine choices,
      "loop": the loop's own clock and settings (LoopState: train and wall time, resumes, max_micro=auto's choice),
      "reporter": where the records stood, so that a resumed run cuts its records back to that point
-                 and continues them without duplicates}
+                 and continues them without duplicates,
+     "sharded": under train.parallel=fsdp, the directory <run_dir>/checkpoint_sharded_<step> that every
+                rank wrote its shards of the model and optimizer into (torch.distributed.checkpoint;
+                the experiment's "model" and "optimizer" are then None); absent or None otherwise}
+
+A sharded directory is complete before checkpoint.pt names it, and the directories it does not name
+are removed only after it is written: a kill at any point leaves a checkpoint.pt whose shards exist.
 
 Format 1 (the same states, flat, with the counters in "loop") is read and converted on loading.
 """
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +30,12 @@ import torch
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
-from ..config_keys import KEYS_NOT_CHANGING_TRAINING
+from ..config_keys import KEYS_NOT_CHANGING_TRAINING, training_identity
 from ..validation import ConfigError
 from .records import CONFIG_FILE, METRICS_FILE, MODEL_FILE, PACKED_METRICS_FILE, SUMMARY_FILE, write_atomic
 
 CHECKPOINT_FILE = "checkpoint.pt"
+SHARDED_PREFIX = "checkpoint_sharded_"
 FORMAT = 2
 
 
@@ -44,6 +52,28 @@ def load_checkpoint(run_dir: Path) -> dict[str, Any]:
     return state
 
 
+def save_sharded(run_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, world, step: int) -> str:
+    """Every rank: the FSDP-sharded model and optimizer state into a directory of their own; its name."""
+    from ..parallel import fsdp
+
+    name = f"{SHARDED_PREFIX}{step:09d}"
+    fsdp.save_checkpoint(run_dir / name, model, optimizer, world)
+    return name
+
+
+def load_sharded(run_dir: Path, name: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    from ..parallel import fsdp
+
+    fsdp.load_checkpoint(run_dir / name, model, optimizer)
+
+
+def remove_sharded(run_dir: Path, keep: str | None = None) -> None:
+    """Rank 0: the sharded directories (and unfinished ones) other than `keep`."""
+    for path in run_dir.glob(f"{SHARDED_PREFIX}*"):
+        if path.name != keep:
+            shutil.rmtree(path, ignore_errors=True)
+
+
 def remove_temporary_files(run_dir: Path) -> None:
     """Temporary files of writes that a kill interrupted (the files they were replacing are intact)."""
     for tmp in run_dir.glob(".*.tmp"):
@@ -55,6 +85,7 @@ def remove_earlier_run(run_dir: Path) -> None:
     first, so that a kill in between leaves a part of the earlier run (never marked as ended), not a mix."""
     for name in (SUMMARY_FILE, CHECKPOINT_FILE, MODEL_FILE, PACKED_METRICS_FILE, METRICS_FILE, CONFIG_FILE):
         (run_dir / name).unlink(missing_ok=True)
+    remove_sharded(run_dir)
 
 
 def from_format_1(state: dict[str, Any]) -> dict[str, Any]:
@@ -95,11 +126,12 @@ def how_to_start(cfg: DictConfig, run_dir: Path) -> str:
 
 def check_same_config(cfg: DictConfig, run_dir: Path) -> None:
     """A resumed run must be the run that was started: refuse one whose config differs."""
-    before = flatten(yaml.safe_load((run_dir / CONFIG_FILE).read_text()))
-    now = flatten(OmegaConf.to_container(cfg, resolve=True))
+    def ignored(key: str) -> bool:
+        return key.startswith(KEYS_NOT_CHANGING_TRAINING)  # they may change on resuming
+
+    before = training_identity(flatten(yaml.safe_load((run_dir / CONFIG_FILE).read_text())), ignored)
+    now = training_identity(flatten(OmegaConf.to_container(cfg, resolve=True)), ignored)
     for key in sorted(before.keys() | now.keys()):
-        if key.startswith(KEYS_NOT_CHANGING_TRAINING):  # they may change on resuming
-            continue
         if before.get(key, "<absent>") != now.get(key, "<absent>"):
             raise ConfigError(
                 f"{run_dir} holds a run with {key}={before.get(key, '<absent>')}, not {now.get(key, '<absent>')}; "

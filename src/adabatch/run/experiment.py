@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +19,8 @@ from ..device import autocast, resolve_device
 from ..distributed import SINGLE_PROCESS, World
 from ..models import model_from_config
 from ..optim import build_optimizer
+from ..parallel.fsdp import block_types, shard_model
+from ..parallel.local_engine import LOCAL, LocalStatistics
 from ..random_state import rng_state, set_rng_state
 from ..schedules import Schedule, build_schedule
 from ..stats import StatisticsEngine, build_engine
@@ -43,28 +46,45 @@ class Experiment:
     capped_batch_sizes: dict[str, Any]  # {batch_size key: value asked for} where it exceeded the training set
     held_out: dict[str, Any]  # what the summary records of the validation split ({} without one)
     task: Task  # what the examples are for (the dataset's): the loss of every step, and what evaluation reports
+    full_model: torch.nn.Module | None = None  # train.parallel=fsdp: an unsharded copy, for evaluation and model.pt
+
+    @property
+    def sharded(self) -> bool:
+        return self.full_model is not None
+
+    def evaluation_model(self) -> torch.nn.Module:
+        """The whole model on every rank: the model itself, or under FSDP the unsharded copy loaded
+        with the full state dict (every rank calls it: it gathers the shards)."""
+        if self.full_model is None:
+            return self.model
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        state = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True))
+        self.full_model.load_state_dict(state)
+        return self.full_model
 
     @property
     def policy(self) -> BatchSizePolicy:
         return self.adaptive.policy
 
     @property
-    def engine(self) -> StatisticsEngine | None:  # per-example statistics, for the adaptive tests only
+    def engine(self) -> StatisticsEngine | LocalStatistics | None:  # the adaptive tests' statistics
         return self.adaptive.engine
 
     def state_dict(self) -> dict[str, Any] | None:
         """What the components need to continue exactly where they are: the weights, the optimizer,
         the data stream, the policy with the counters, and every rank's random generators and engine
         choices (dropout draws and ghost_measured's forms differ across ranks). Every rank calls it
-        (it gathers); rank 0 gets the state, the others None."""
+        (it gathers); rank 0 gets the state, the others None. Under FSDP the model and the optimizer
+        are None: every rank saves its shards (run.checkpoint.save_sharded)."""
         adaptive = self.adaptive.state_dict()
         rng = self.world.gather(rng_state())
         engines = self.world.gather(adaptive.pop("engine"))
         if not self.world.is_main:
             return None
         return {
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
+            "model": None if self.sharded else self.model.state_dict(),
+            "optimizer": None if self.sharded else self.optimizer.state_dict(),
             "data": self.data.state_dict(),
             "adaptive": {**adaptive, "engine": engines},
             "rng": rng,
@@ -73,8 +93,9 @@ class Experiment:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """On every rank; a run resumed on more ranks than it had gives the new ones rank 0's share."""
         rank = self.world.rank if self.world.rank < len(state["rng"]) else 0
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        if state["model"] is not None:  # None: FSDP's shards, loaded by load_sharded
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
         self.data.load_state_dict(state["data"])
         adaptive = state["adaptive"]
         self.adaptive.load_state_dict({**adaptive, "engine": adaptive["engine"][rank]})
@@ -104,11 +125,16 @@ def build_checked_experiment(cfg: DictConfig, world: World) -> Experiment:
     policy = build_policy(batch_options, budget=cfg.train.samples, population=population)
     check_model(model, policy, cfg)
     model = model.to(device)
+    full_model = None
+    if cfg.train.parallel == "fsdp":  # before the optimizer and the engine: both hold the shards
+        full_model = copy.deepcopy(model)
+        model = shard_model(model, world, block_types(model))
     engine = None
-    if isinstance(policy, AdaptiveTest):
-        engine = build_engine(cfg.batch_size.engine, model, loss=task.loss)  # on the bare model: tested steps reduce their own sums
+    if isinstance(policy, AdaptiveTest):  # on the bare model: tested steps reduce their own sums
+        engine = (cfg.batch_size.engine if cfg.batch_size.engine == LOCAL
+                  else build_engine(cfg.batch_size.engine, model, loss=task.loss))
     step_model = model
-    if world.size > 1:
+    if world.size > 1 and full_model is None:
         step_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     step_model = torch.compile(step_model) if cfg.train.compile else step_model
     precision = autocast(device, cfg.train.precision)
@@ -123,9 +149,11 @@ def build_checked_experiment(cfg: DictConfig, world: World) -> Experiment:
         optimizer=build_optimizer(plain(cfg.optimizer), model.parameters()),
         schedule=build_schedule(plain(cfg.schedule)),
         adaptive=AdaptiveBatch(model, policy, engine, None if max_micro == "auto" else max_micro,
-                               step_model=step_model, autocast=precision, world=world, task=task),
+                               step_model=step_model, autocast=precision, world=world, task=task,
+                               parts=cfg.batch_size.get("parts", 2)),
         autocast=precision,
         capped_batch_sizes=capped,
         held_out=held_out,
         task=task,
+        full_model=full_model,
     )

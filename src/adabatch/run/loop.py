@@ -17,7 +17,8 @@ from ..models import normalization_of
 from ..step import evaluation_totals
 from ..validation import check_config
 from .checkpoint import (
-    CHECKPOINT_FILE, how_to_start, load_checkpoint, remove_earlier_run, remove_temporary_files, save_checkpoint,
+    CHECKPOINT_FILE, how_to_start, load_checkpoint, load_sharded, remove_earlier_run, remove_sharded,
+    remove_temporary_files, save_checkpoint, save_sharded,
 )
 from .experiment import Experiment, build_checked_experiment
 from .lock import own_run_directory
@@ -53,23 +54,26 @@ def micro_batch_search(cfg: DictConfig, exp: Experiment, reporter: Reporter) -> 
     return choice.record()
 
 
-def evaluate(cfg: DictConfig, exp: Experiment, split: str, limit: int | None = None) -> dict[str, float]:
-    """The task's metrics on `split` (its first `limit` examples), summed over the ranks' shares: "loss"
-    (the mean per example; nats per token for next_token) and the task's metric (acc, perplexity)."""
+def evaluate(cfg: DictConfig, exp: Experiment, split: str, limit: int | None = None,
+             model: torch.nn.Module | None = None) -> dict[str, float]:
+    """The task's metrics of `model` (the experiment's whole model) on `split` (its first `limit`
+    examples), summed over the ranks' shares: "loss" (the mean per example; nats per token for
+    next_token) and the task's metric (acc, perplexity)."""
     world = exp.world
     batches = evaluation_batches(exp.dataset, split, cfg.train.eval_batch_size, exp.device, limit, world.rank, world.size)
-    totals = evaluation_totals(exp.model, batches, exp.autocast, exp.task)
+    totals = evaluation_totals(model or exp.evaluation_model(), batches, exp.autocast, exp.task)
     world.sum_([totals])
     return exp.task.metrics(totals)
 
 
 def run_evaluation(cfg: DictConfig, exp: Experiment, reporter: Reporter, step: int, samples: int) -> None:
-    test = evaluate(cfg, exp, "test")
-    train_eval = evaluate(cfg, exp, "train", cfg.train.eval_train_examples)
+    model = exp.evaluation_model()  # under FSDP: gathered once for every split
+    test = evaluate(cfg, exp, "test", model=model)
+    train_eval = evaluate(cfg, exp, "train", cfg.train.eval_train_examples, model)
     metric = exp.task.metric
     validation = {}
     if exp.dataset.num_validation:
-        held_out = evaluate(cfg, exp, "validation")
+        held_out = evaluate(cfg, exp, "validation", model=model)
         validation = {"validation_loss": held_out["loss"], f"validation_{metric}": held_out[metric]}
     reporter.evaluation(step=step, samples=samples, **tokens_of(exp, samples),
                         test_loss=test["loss"], **{f"test_{metric}": test[metric]},
@@ -122,6 +126,8 @@ def _train(cfg: DictConfig, run_dir: Path, world: World) -> dict[str, Any]:
         reporter.note(f"{asked} capped at the {exp.dataset.num_train} training examples: a batch holds distinct examples")
     if checkpoint is not None:
         exp.load_state_dict(checkpoint["experiment"])
+        if checkpoint.get("sharded"):
+            load_sharded(run_dir, checkpoint["sharded"], exp.model, exp.optimizer)
         loop = LoopState(**checkpoint["loop"])
         loop.resumes += 1
     else:
@@ -168,15 +174,18 @@ def _train(cfg: DictConfig, run_dir: Path, world: World) -> dict[str, Any]:
             stopping = world.any(bool(stop))
             if stopping or (crossed(before, adaptive.samples, checkpoint_every) and adaptive.samples < budget):
                 loop.wall_time = wall_time()
+                sharded = save_sharded(run_dir, exp.model, exp.optimizer, world, adaptive.steps) if exp.sharded else None
                 experiment = exp.state_dict()  # every rank: it gathers their generators
                 if world.is_main:
                     save_checkpoint(run_dir, {"experiment": experiment, "loop": dataclasses.asdict(loop),
-                                              "reporter": reporter.state_dict()})
+                                              "reporter": reporter.state_dict(), "sharded": sharded})
+                    remove_sharded(run_dir, keep=sharded)
             if stopping:
                 reporter.close(exit_code=PREEMPTED_EXIT_CODE)
                 return {"status": "preempted", "steps": adaptive.steps, "samples": adaptive.samples}
 
-    result = summary("completed", model=exp.model if cfg.train.save_model else None)
+    result = summary("completed", model=exp.evaluation_model() if cfg.train.save_model else None)
     if world.is_main:
         (run_dir / CHECKPOINT_FILE).unlink(missing_ok=True)  # the run is complete: model.pt and the records remain
+        remove_sharded(run_dir)
     return result

@@ -27,7 +27,7 @@ import torch
 from ..data import Batch
 from .memory import MemoryGauge, free_bytes, release_freed_memory, resident_bytes
 from ..random_state import rng_state, set_rng_state
-from ..stats import gradient_with_statistics
+from ..stats import StatisticsEngine, gradient_with_statistics
 from ..step import accumulate_gradient
 from .experiment import Experiment
 
@@ -113,7 +113,7 @@ def choose_max_micro(exp: Experiment, memory_gb: float | None = None, resident_g
     every rank searches on its own device and all take the smallest. `resident_growth_bytes` (CPU):
     how much the process may grow, instead of `CPU_HEADROOM` of the available memory."""
     upper = math.ceil(exp.policy.max / exp.world.size)
-    lower = 2 if exp.engine is not None else 1  # the tests' statistics need two examples
+    lower = 2 if per_example(exp) else 1  # the per-example statistics need two examples
     resident = resident_limit(exp, resident_growth_bytes)
     if memory_gb is not None:
         limit = int(memory_gb * 2**30)
@@ -158,6 +158,10 @@ def choose_max_micro(exp: Experiment, memory_gb: float | None = None, resident_g
                             resident_limit_bytes=resident, resident_peaks=resident_peaks)
 
 
+def per_example(exp: Experiment) -> bool:
+    return isinstance(exp.engine, StatisticsEngine)
+
+
 def trial_step_peak(exp: Experiment, gauge: MemoryGauge, size: int) -> int | None:
     """The peak bytes of the tensors of the run's most memory-hungry step on one micro-batch of
     `size` examples, None if it ran out of memory."""
@@ -175,14 +179,14 @@ def trial_step_memory(exp: Experiment, gauge: MemoryGauge, size: int) -> tuple[i
     batch = Batch(indices, params)
     try:
         with gauge.measure() as measured:
-            if exp.engine is not None:
+            if per_example(exp):  # engine=local's tested step is a plain step with hooks that add scalars
                 policy = exp.policy
                 gradient_with_statistics(exp.engine, exp.data, batch, size, policy.needs, policy.ip_mode, exp.autocast)
             else:
                 accumulate_gradient(exp.model, exp.data, batch, size, exp.autocast)
         return measured.peak_bytes, measured.resident_peak_bytes
     except torch.OutOfMemoryError:
-        if exp.engine is not None:
+        if per_example(exp):
             exp.engine.reset()
         return None
     finally:
