@@ -96,7 +96,7 @@ class AdaptiveBatch:
         self.engine: StatisticsEngine | LocalStatistics | None = None
         if isinstance(policy, AdaptiveTest):
             if engine == LOCAL:
-                self.engine = LocalStatistics(model, policy.needs, parts)
+                self.engine = LocalStatistics(model, policy.needs, parts, loss=self.task.loss)
             else:
                 self.engine = build_engine(engine, model, loss=self.task.loss) if isinstance(engine, str) else engine
         self.max_micro = max_micro

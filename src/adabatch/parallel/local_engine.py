@@ -17,6 +17,7 @@ from torch import nn
 from ..data import Batch, Examples, plan_layout
 from ..distributed import SINGLE_PROCESS, World
 from ..losses import summed_cross_entropy
+from ..step import Loss
 from ..stats.statistics import BatchStatistics
 from ..stats.sums import Needs
 from .local_step import gradient_with_part_statistics
@@ -42,19 +43,21 @@ def part_count(batch_size: int, world_size: int, accumulation: int) -> int:
 class LocalStatistics:
     """The statistics of tested steps from the batch's parts, for the policy's `needs`.
 
-    `model`: the bare model, or the FSDP2-sharded one (its local unsharded gradients are captured
+    `loss`: the task's loss of a micro-batch (summed over its examples). `model`: the bare model, or the
+    FSDP2-sharded one (its local unsharded gradients are captured
     before the reduce-scatter; the norm test and gns only). `parts`: the least number of parts M.
     """
 
     name = LOCAL
     source = PARTS_SOURCE
 
-    def __init__(self, model: nn.Module, needs: Needs, parts: int = MIN_PARTS) -> None:
+    def __init__(self, model: nn.Module, needs: Needs, parts: int = MIN_PARTS, loss: Loss = summed_cross_entropy) -> None:
         if not (isinstance(parts, int) and parts >= MIN_PARTS):
             raise ValueError(f"batch_size.parts={parts} must be an integer >= {MIN_PARTS}: the test from local gradients "
                              "compares at least two parts of the batch")
         self.capture = PartCapture(model, needs)
         self.parts = parts
+        self.loss = loss  # the task's: summed over the examples of a part
         self.last_parts = 0  # M of the last tested step, over all ranks
 
     def micro_batches(self, batch: Batch, max_micro: int, world: World = SINGLE_PROCESS) -> list[Batch]:
@@ -79,7 +82,7 @@ class LocalStatistics:
             x, y = data.examples(part)
             with autocast or contextlib.nullcontext():
                 logits = module(x)
-            return summed_cross_entropy(logits, y)
+            return self.loss(logits, y)
 
         parts = self.micro_batches(batch, max_micro, world)
         try:
