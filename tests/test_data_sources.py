@@ -59,7 +59,7 @@ def assert_stats(dataset: ArrayDataset, train_x: np.ndarray, max_value: float) -
 
 def test_shipped_sources_are_the_configs_of_the_dataset_group():
     assert shipped_names("dataset") == (
-        "cifar10", "cifar100", "digits", "fashion_mnist", "image_folder", "mnist", "npz", "torchvision")
+        "cifar10", "cifar100", "digits", "fashion_mnist", "image_folder", "mnist", "npz", "text", "torchvision")
     assert shipped("dataset", "digits") is digits and shipped("dataset", "mnist") is mnist
 
 
