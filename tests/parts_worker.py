@@ -156,7 +156,7 @@ def checkpoint(world: World, directory: Path) -> dict:
     adam_steps(fresh, fresh_optimizer, world, seeds=[3])
     return {"saved": saved, "before": before, "loaded": loaded,
             "next": full_state(model, optimizer), "next_loaded": full_state(fresh, fresh_optimizer),
-            "files": sorted(p.name for p in directory.parent.iterdir())}
+            "files": sorted(p.name for p in directory.parent.iterdir() if not p.name.startswith("rank"))}
 
 
 if __name__ == "__main__":

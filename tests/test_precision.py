@@ -10,7 +10,8 @@ import pytest
 import torch
 from helpers import compose
 
-from adabatch import adaptive_batch, training
+from adabatch import adaptive_batch
+from adabatch.run import loop as training
 from adabatch.data import TrainingData, build_augmentation
 from adabatch.data.from_config import dataset_from_config
 from adabatch.device import autocast

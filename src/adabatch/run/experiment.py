@@ -118,7 +118,7 @@ def build_checked_experiment(cfg: DictConfig, world: World) -> Experiment:
     dataset = hold_out(dataset, validation).to(device)
     data = TrainingData(dataset, build_augmentation(cfg.dataset.augmentation), cfg.seed, device)
     model = model_from_config(plain(cfg.model), dataset.input_shape, dataset.num_classes)
-    check_text_model(dataset, model, cfg.model.name)
+    check_text_model(dataset, model, cfg.model.get("name") or cfg.model["_target_"])
     task = task_of(dataset)
     population = dataset.num_train
     batch_options, capped = cap_batch_sizes(plain(cfg.batch_size), population)  # batches hold distinct examples
