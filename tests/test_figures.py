@@ -394,6 +394,24 @@ def test_curves_show_the_experiments_own_methods_and_leave_its_frontier_points_t
     assert row_methods(experiment) == experiment.methods
 
 
+
+def test_a_row_of_more_than_eight_methods_draws_its_schedules_and_its_main_test(tmp_path):
+    """Ten methods on one plan: the curves keep the schedules and the test most tested methods run (the
+    paper's row, one test under three optimizers); the other tests go to the frontier figure alone."""
+    plan, runs = {"b0": 10, "eta": 0.1}, tmp_path / "runs"
+    for size in (10, 20, 30, 40):
+        simple_run(runs / f"constant{size}", plan=plan, batch_size={**CONSTANT, "initial": size, "max": size})
+    simple_run(runs / "ramp", plan=plan, batch_size={"name": "linear_ramp", "initial": 10, "max": 40})
+    for optimizer in ("adagrad", "adam", "adagrad_norm"):
+        simple_run(runs / f"norm_{optimizer}", plan=plan, optimizer__name=optimizer)
+    simple_run(runs / "inner", plan=plan, batch_size={"name": "inner_product", "initial": 10, "max": 40})
+    simple_run(runs / "coordinate", plan=plan, batch_size={"name": "coordinate_norm", "initial": 10, "max": 40})
+    (experiment,) = group_runs(load_runs([runs]))
+    own = row_methods(experiment)
+    assert len(experiment.methods) == 10 and len(own) == 8
+    assert {m.config["batch_size"]["name"] for m in own} == {"constant", "linear_ramp", "norm"}
+    write_report([experiment], tmp_path / "out")
+
 # ---- tables and the command line ----------------------------------------------------------------
 
 

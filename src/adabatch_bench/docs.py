@@ -23,9 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from adabatch.analysis import group_runs, load_runs
-from adabatch.batch_size import AdaptiveTest
-from adabatch.components import shipped
-from adabatch.analysis.figures import row_methods
+from adabatch.analysis.figures import is_tested, row_methods
 from adabatch_bench import ROOT
 from adabatch_bench import summary as bench
 
@@ -84,13 +82,12 @@ def results_cpu() -> str:
         own = row_methods(experiment)
         left_out = len(experiment.methods) - len(own)
         folder = CPU_RESULTS / experiment.slug
-        policy = lambda m: shipped("batch_size", m.config["batch_size"]["name"])  # noqa: E731
-        tested = [m.label for m in experiment.methods if issubclass(policy(m), AdaptiveTest)]
+        tested = [m.label for m in experiment.methods if is_tested(m)]
         constant = [m.label for m in experiment.methods if m.config["batch_size"]["name"] == "constant"]
         best = (f"Best final accuracy of all {len(experiment.methods)} methods, frontier included: with a test, "
                 f"{best_of(ROOT / folder, tested)}; with a constant batch, {best_of(ROOT / folder, constant)}.")
-        parts += [f"**`{experiment.name}`** (`{folder.as_posix()}/`; {left_out} frontier points more in "
-                  f"`frontier.md`):", "", results_table(ROOT / folder, [m.label for m in own]), "",
+        parts += [f"**`{experiment.name}`** (`{folder.as_posix()}/`; {left_out} more methods, frontier points "
+                  f"and other tests, in `frontier.md`):", "", results_table(ROOT / folder, [m.label for m in own]), "",
                   textwrap.fill(best, 105), ""]
     return "\n".join(parts[:-1])
 

@@ -16,6 +16,8 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, LogFormatter, LogLocator, NullFormatter
 
+from ..batch_size import AdaptiveTest
+from ..components import shipped
 from .aggregate import AXES, EVALUATED, SAMPLES, STEPS, Axis, Band, method_curves, tested_sides
 from .frontier import Series, Spread, frontier_series, method_point
 from .runs import Experiment, Method
@@ -24,6 +26,7 @@ DPI = 150
 PANEL_SIZE = (5.0, 4.2)  # inches per panel
 MIN_WIDTH = 8.0  # inches; room for the legend under a single panel
 LEGEND_COLUMN_WIDTH = 3.5  # inches per legend column, enough for a label of about 40 characters
+MAX_CURVE_SERIES = 8  # series a curve panel shows (tab10 keeps them distinct)
 MARKERS_UP_TO = 50  # points per line; sparser test records get markers so single points show
 BAND_NOTE = (
     "markers: evaluations, each the mean over the n seeds of that evaluation; "
@@ -67,14 +70,26 @@ def method_colors(methods: list[Method]) -> dict[str, tuple]:
     return dict(zip((method.label for method in methods), palette(len(methods))))
 
 
+def is_tested(method: Method) -> bool:
+    """Whether the method's batch-size policy is an adaptive test (rather than a schedule)."""
+    return issubclass(shipped("batch_size", method.config["batch_size"]["name"]), AdaptiveTest)
+
+
 def row_methods(experiment: Experiment) -> list[Method]:
     """The experiment's own methods, drawn in the curves: those run with the plan most of its methods
     share. A frontier's extra points each override one plan key (b0, eta), so they are left to the
-    frontier figure, and a curve panel keeps about eight series a qualitative palette tells apart.
+    frontier figure. Where more than MAX_CURVE_SERIES remain, the row is its schedules and the test most
+    of its tested methods run (the paper's row: one test with several optimizers); the other tests go to
+    the frontier figure too, so a curve panel keeps series a qualitative palette tells apart.
     Runs without a plan (a multirun, a single run) are all the experiment's own."""
     plans = [json.dumps(method.config.get("plan"), sort_keys=True) for method in experiment.methods]
     shared = max(plans, key=plans.count)
-    return [method for method, plan in zip(experiment.methods, plans) if plan == shared]
+    own = [method for method, plan in zip(experiment.methods, plans) if plan == shared]
+    if len(own) <= MAX_CURVE_SERIES:
+        return own
+    tests = [method.config["batch_size"]["name"] for method in own if is_tested(method)]
+    row_test = max(tests, key=tests.count, default=None)
+    return [method for method in own if not is_tested(method) or method.config["batch_size"]["name"] == row_test]
 
 
 def legend_columns(fig_width: float) -> int:
