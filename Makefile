@@ -19,7 +19,7 @@ $(SYNCED): pyproject.toml requirements.lock
 	@command -v uv >/dev/null 2>&1 || $(PYTHON) -m uv --version >/dev/null 2>&1 \
 	  || $(PYTHON) -m pip install --quiet uv || $(PYTHON) -m pip install --quiet --user uv
 	$(UV) venv --quiet --allow-existing --python $(PYTHON) $(VENV)
-	$(UV) pip sync --quiet --python $(PY) requirements.lock
+	$(UV) pip sync --quiet --compile-bytecode --python $(PY) requirements.lock
 	$(UV) pip install --quiet --python $(PY) --no-deps --editable .
 	@touch $@
 
@@ -216,20 +216,25 @@ reproduce: | $(SYNCED)
 paper-runs: $(PAPER_RUN_TARGETS)
 
 # The decision-quality study of batch_size.engine=local (issue 34): the norm test from at least M = 2, 4, 8, 16
-# parts against the per-example norm test, on the logistic row (fashion_logistic, AdaGrad), SEEDS each.
+# parts against the per-example norm test on the same configuration, SEEDS each, per experiment of
+# LOCAL_STUDY with its optimizer: the logistic row (fashion_logistic, AdaGrad) and the GPT (kjv_gpt, AdamW).
+LOCAL_STUDY ?= fashion_logistic kjv_gpt
 LOCAL_STUDY_PARTS ?= 2 4 8 16
-LOCAL_STUDY_TARGETS := $(foreach s,$(SEEDS),results/local_study/runs/fashion_logistic/norm_test-adagrad/seed$(s)/summary.json) \
-  $(foreach m,$(LOCAL_STUDY_PARTS),$(foreach s,$(SEEDS),results/local_study/runs/fashion_logistic/norm_test_local-adagrad/parts_$(m)/seed$(s)/summary.json))
+fashion_logistic_LOCAL_OPTIMIZER := adagrad
+kjv_gpt_LOCAL_OPTIMIZER := adamw
+local_study_targets = $(foreach s,$(SEEDS),results/local_study/runs/$(1)/norm_test-$(2)/seed$(s)/summary.json) \
+  $(foreach m,$(LOCAL_STUDY_PARTS),$(foreach s,$(SEEDS),results/local_study/runs/$(1)/norm_test_local-$(2)/parts_$(m)/seed$(s)/summary.json))
+LOCAL_STUDY_TARGETS := $(foreach e,$(LOCAL_STUDY),$(call local_study_targets,$(e),$($(e)_LOCAL_OPTIMIZER)))
 
 results/local_study/runs/%/summary.json: | $(SYNCED)
 	OMP_NUM_THREADS=1 $(call train_run,$*,$(@D))
 
 .PHONY: local-study local-study-runs
-## engine=local against the per-example norm test (logistic row, M = 2-16 parts, 3 seeds): results/local_study/
-local-study: | $(SYNCED) data-fashion-mnist
+## engine=local against the per-example norm test (M = 2-16 parts, 3 seeds; LOCAL_STUDY=fashion_logistic kjv_gpt): results/local_study/
+local-study: | $(SYNCED) data
 	$(MAKE) -k -j$(JOBS) local-study-runs
 	$(MAKE) pack-runs RUNS=results/local_study/runs
-	$(PY) scripts/local_study.py results/local_study/runs --out results/local_study
+	$(foreach e,$(LOCAL_STUDY),$(PY) scripts/local_study.py results/local_study/runs/$(e) --out results/local_study/$(e) && ) true
 
 local-study-runs: $(LOCAL_STUDY_TARGETS)
 

@@ -3,12 +3,12 @@ the per-example norm test on the same configuration, from finished runs' records
 
     python scripts/local_study.py RUNS_PATH --out OUT_DIR
 
-Every completed run under RUNS_PATH is grouped by its statistics' source (per-example, or parts with
-its batch_size.parts); runs must share one experiment. Writes OUT_DIR/local_study.md (a row per
-source: seeds, steps, final test accuracy and loss, mean and final batch size, and how far the batch
-sizes were from the per-example run of the same seed: the mean |log2(b_local / b_exact)| over the
-exact run's steps, at equal samples) and OUT_DIR/local_study.png (batch size against samples, one
-panel per M, the per-example seeds in grey). `make local-study` runs the suite and then this.
+Every completed run under RUNS_PATH is grouped by its statistics' source (per-example, or parts with its
+batch_size.parts); runs must share one experiment. Writes OUT_DIR/local_study.md (a row per source:
+seeds, steps, final test accuracy (a language model's: perplexity) and loss, mean and final batch size,
+and how far the batch sizes were from the per-example run of the same seed: the mean |log2(b_local /
+b_exact)| over the exact run's steps, at equal samples) and OUT_DIR/local_study.png (batch size against
+samples, one panel per M, the per-example seeds in grey). `make local-study` runs the suite and then this.
 """
 from __future__ import annotations
 
@@ -61,7 +61,9 @@ def mean_sd(values: list[float], digits: int) -> str:
 
 def table(groups: dict[str, list]) -> str:
     exact = {run.seed: run for run in groups.get(EXACT, [])}
-    lines = ["| statistics | seeds | parts per tested step | steps | final test acc | final test loss | mean batch size "
+    every_run = [run for runs in groups.values() for run in runs]
+    metric = "acc" if all("final_test_acc" in run.summary for run in every_run) else "perplexity"  # a language model's
+    lines = [f"| statistics | seeds | parts per tested step | steps | final test {metric} | final test loss | mean batch size "
              "| final batch size | batch size gap to per-example (mean abs log2) |", "|---|---|---|---|---|---|---|---|---|"]
     for source, runs in groups.items():
         parts = sorted({r["parts"] for run in runs for r in run.train_records if "parts" in r})
@@ -69,7 +71,7 @@ def table(groups: dict[str, list]) -> str:
         lines.append(" | ".join([
             f"| {source}", str(len(runs)), f"{parts[0]}-{parts[-1]}" if parts else "-",
             mean_sd([run.summary["steps"] for run in runs], 1),
-            mean_sd([run.summary["final_test_acc"] for run in runs], 4),
+            mean_sd([run.summary[f"final_test_{metric}"] for run in runs], 4),
             mean_sd([run.summary["final_test_loss"] for run in runs], 4),
             mean_sd([run.summary["mean_batch_size"] for run in runs], 0),
             mean_sd([run.summary["final_batch_size"] for run in runs], 0),

@@ -23,7 +23,8 @@ ENGINES, TESTS = ("ghost", "functorch"), ("norm", "coordinate_norm")
 def test_bench_writes_its_tables_and_worst_overhead_lines(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "adabatch_bench.bench", "--models", "cnn", "--sizes", "128",
-         "--engines", *ENGINES, "--tests", *TESTS, "--repeats", "2", "--device", "cpu", "--out", tmp_path],
+         "--engines", *ENGINES, "--tests", *TESTS, "--repeats", "2", "--max-seconds", "20", "--device", "cpu",
+         "--out", tmp_path],
         capture_output=True, text=True, timeout=300, check=True,
     )
     lines = result.stdout.splitlines()
@@ -47,8 +48,8 @@ def test_bench_writes_its_tables_and_worst_overhead_lines(tmp_path):
     table = (tmp_path / "cpu.md").read_text()
     assert all(line in table for line in lines)
     assert "2 rounds, more until every ratio of this project's engines was known within 5% (two standard errors of " \
-           "a median) or a model's rounds had taken 480 s (2 for opacus, functorch, opacus-user, functorch-user)" \
-           in table  # the defaults of --ratio-error, --max-seconds and --per-example-repeats (at most --repeats)
+           "a median) or a model's rounds had taken 20 s (2 for opacus, functorch, opacus-user, functorch-user)" \
+           in table  # --ratio-error's default, --max-seconds, and --per-example-repeats' default (at most --repeats)
     rounds = {r["engine"]: int(r["rounds"]) for r in rows}
     assert rounds["functorch"] == 2 and 2 <= rounds["plain"] == rounds["ghost"] <= 20
     assert "vector extensions:" in table and "Each engine timed in a process of its own" in table
@@ -178,3 +179,29 @@ def test_the_bench_summary_says_which_targets_ghost_meets_and_the_plain_steps_of
     assert "not met: none." in targets_line(rows) and "norm 1.20x (CNN; target 1.2x)" in targets_line(rows)
     second = [{**r, "time_ms": str(float(r["time_ms"]) * 2)} for r in rows]
     assert plain_steps(rows, second) == "The plain steps, first run then second: CNN 45.4 then 90.9 ms; ViT 673 then 1346 ms."
+
+
+@pytest.mark.subprocess
+def test_the_ranks_bench_times_local_tested_steps_against_plain_ddp_steps_on_two_ranks(tmp_path):
+    """`python -m adabatch_bench.ranks` under torchrun (2 ranks, gloo): a row per experiment, its tested
+    step's parts (one per rank) and a ratio inside its per-round range."""
+    result = subprocess.run(
+        [sys.executable, "-m", "adabatch_bench.ranks", "--experiments", "quickstart", "--size", "32", "--steps", "1",
+         "--min-rounds", "2", "--max-seconds", "0", "--out", tmp_path],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert re.fullmatch(r"engine=local on 2 ranks, quickstart b=32: \d\.\d{3}x plain DDP\n", result.stdout)
+    with open(tmp_path / "ranks_cpu.csv") as f:
+        (row,) = list(csv.DictReader(f))
+    assert (row["experiment"], row["ranks"], row["batch_size"], row["parts"], row["rounds"]) == ("quickstart", "2", "32", "2", "2")
+    low, high = map(float, row["ratio_range"].split("-"))
+    assert low <= round(float(row["time_ratio"]), 2) <= high and float(row["plain_ms"]) > 0
+    assert "| quickstart |" in (tmp_path / "ranks_cpu.md").read_text()
+
+
+def test_the_ranks_bench_refuses_the_gpt_row_without_its_text_in_one_line(tmp_path):
+    from adabatch_bench.ranks import main
+
+    assert main(["--experiments", "kjv_gpt", "--data-dir", str(tmp_path), "--out", str(tmp_path / "out")]) == 2
+    assert not (tmp_path / "out").exists()

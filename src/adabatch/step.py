@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import Callable
 
 import torch
-from torch.distributed.fsdp import FSDPModule
 from torch.nn.parallel import DistributedDataParallel
 
 from .data import Batch, Examples
@@ -49,7 +49,8 @@ def accumulate_gradient(
 
 def _sync_gradients(model: torch.nn.Module, sync: bool) -> contextlib.AbstractContextManager:
     ddp = getattr(model, "_orig_mod", model)  # torch.compile wraps the DDP module
-    if isinstance(ddp, FSDPModule):  # FSDP2: reduce-scatter in the last micro-batch's backward only
+    fsdp = sys.modules.get("torch.distributed.fsdp")  # loaded by a run that shards (seconds of imports), else none is
+    if fsdp is not None and isinstance(ddp, fsdp.FSDPModule):  # FSDP2: reduce-scatter in the last micro-batch's backward only
         ddp.set_requires_gradient_sync(sync)
         return contextlib.nullcontext()
     if sync or not isinstance(ddp, DistributedDataParallel):

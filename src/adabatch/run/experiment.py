@@ -19,7 +19,6 @@ from ..device import autocast, resolve_device
 from ..distributed import SINGLE_PROCESS, World
 from ..models import model_from_config
 from ..optim import build_optimizer
-from ..parallel.fsdp import block_types, shard_model
 from ..parallel.local_engine import LOCAL, LocalStatistics
 from ..random_state import rng_state, set_rng_state
 from ..schedules import Schedule, build_schedule
@@ -127,6 +126,8 @@ def build_checked_experiment(cfg: DictConfig, world: World) -> Experiment:
     model = model.to(device)
     full_model = None
     if cfg.train.parallel == "fsdp":  # before the optimizer and the engine: both hold the shards
+        from ..parallel.fsdp import block_types, shard_model  # torch's FSDP: seconds of imports, paid where used
+
         full_model = copy.deepcopy(model)
         model = shard_model(model, world, block_types(model))
     engine = None

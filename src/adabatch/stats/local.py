@@ -26,7 +26,7 @@ from __future__ import annotations
 import torch
 
 from ..distributed import SINGLE_PROCESS, World
-from .statistics import IP_MODES, BatchStatistics
+from .statistics import BatchStatistics, check_ip_mode, closing_statistics
 from .sums import Needs
 
 
@@ -97,8 +97,7 @@ def part_statistics(sums: PartSums, mean_grad: list[torch.Tensor] | None = None,
     all-reduce). ḡ comes as `mean_grad` or, where it is sharded (FSDP), as `tensor_sq`: the float64
     ‖ḡ^t‖² per parameter tensor, summed over the shards (the norm test needs no more). The
     per-coordinate variances are made in place from the sums: take the statistics once."""
-    if ip_mode not in IP_MODES:
-        raise ValueError(f"batch_size.ip_mode={ip_mode!r} is unknown; choose one of {', '.join(IP_MODES)}")
+    check_ip_mode(ip_mode)
     b, parts = sums.count, sums.parts
     if parts < 2:
         raise ValueError(f"the test from part gradients needs at least 2 parts (ranks x micro-batches), got {parts}; "
@@ -107,40 +106,17 @@ def part_statistics(sums: PartSums, mean_grad: list[torch.Tensor] | None = None,
         if mean_grad is None:
             raise ValueError("part_statistics needs the batch gradient: pass mean_grad, or tensor_sq where it is sharded")
         tensor_sq = torch.stack([m.double().pow(2).sum() for m in mean_grad])
-    dof = parts - 1
-    grad_sq = tensor_sq.sum()
-    norm_var = (sums.sq_norm.sum() - b * grad_sq) / dof
-
-    ip_var = orth_var = None
+    inner_products = None
     if sums.needs.inner_products:
         if not sums.inner_products_added:
             raise ValueError("the inner-product tests need each part's gradient after the all-reduce (add_inner_products); "
                              "keep the part gradients, or use the norm test")
-        if ip_mode == "global":
-            ip_var = (sums.global_ip_sq - b * grad_sq**2) / dof
-            orth_var = (sums.sq_norm.sum() - sums.global_ip_sq / grad_sq) / dof
-        else:
-            live = tensor_sq > 0  # a tensor with ḡ^t = 0 has no direction to project on
-            ip_var = (sums.ip_sq - b * tensor_sq**2).sum() / dof
-            orth_var = (sums.sq_norm[live] - sums.ip_sq[live] / tensor_sq[live]).sum() / dof
-        ip_var, orth_var = ip_var.item(), orth_var.item()
-
-    coord_var = None
-    if sums.coord_sq is not None:
-        if mean_grad is None:
-            raise ValueError("the coordinate-wise test needs the whole batch gradient ḡ per coordinate: pass mean_grad")
-        coord_var = [sq.addcmul_(m.double(), m.double(), value=-b).div_(dof) for sq, m in zip(sums.coord_sq, mean_grad)]
-        sums.coord_sq = None
-
-    return BatchStatistics(
-        batch_size=b,
-        grad_sq_norm=grad_sq.item(),
-        norm_var=norm_var.item(),
-        ip_var=ip_var,
-        orth_var=orth_var,
-        coord_var=coord_var,
-        mean_grad=[m.double() for m in mean_grad] if coord_var is not None else None,
-    )
+        inner_products = (sums.ip_sq, sums.global_ip_sq)
+    if sums.coord_sq is not None and mean_grad is None:
+        raise ValueError("the coordinate-wise test needs the whole batch gradient ḡ per coordinate: pass mean_grad")
+    statistics = closing_statistics(b, parts - 1, sums.sq_norm, tensor_sq, inner_products, sums.coord_sq, mean_grad, ip_mode)
+    sums.coord_sq = None
+    return statistics
 
 
 def reduce_part_statistics(sums: PartSums, mean_grad: list[torch.Tensor], world: World = SINGLE_PROCESS,

@@ -34,31 +34,50 @@ def batch_statistics(sums: GradientSums, ip_mode: str = "global",
     parameter tensor, variances summed over tensors (cross-tensor terms dropped). `mean_grad`:
     `sums.take_mean_gradient()` when the caller has taken it already. The per-coordinate variances are
     made in place from the sums' sum_i g_i*g_i (as large as the model): take the statistics once."""
-    if ip_mode not in IP_MODES:
-        raise ValueError(f"batch_size.ip_mode={ip_mode!r} is unknown; choose one of {', '.join(IP_MODES)}")
+    check_ip_mode(ip_mode)
     b = sums.count
     if b < 2:
         raise ValueError(f"the batch-size tests need at least 2 examples per batch, got {b}; raise batch_size.initial")
     mean_grad = sums.take_mean_gradient() if mean_grad is None else mean_grad
     tensor_sq = torch.stack([m.pow(2).sum() for m in mean_grad])  # ||gbar^t||^2
+    inner_products = (sums.ip_sq, sums.global_ip_sq) if sums.needs.inner_products else None
+    statistics = closing_statistics(b, b - 1, sums.sq_norm, tensor_sq, inner_products, sums.coord_sq, mean_grad, ip_mode)
+    sums.coord_sq = None
+    return statistics
+
+
+def check_ip_mode(ip_mode: str) -> None:
+    if ip_mode not in IP_MODES:
+        raise ValueError(f"batch_size.ip_mode={ip_mode!r} is unknown; choose one of {', '.join(IP_MODES)}")
+
+
+def closing_statistics(b: int, dof: int, sq_norm: torch.Tensor, tensor_sq: torch.Tensor,
+                       inner_products: tuple[torch.Tensor, torch.Tensor] | None,
+                       coord_sq: list[torch.Tensor] | None, mean_grad: list[torch.Tensor] | None,
+                       ip_mode: str) -> BatchStatistics:
+    """The statistics from float64 sums over b examples in dof + 1 units: per example (dof = b - 1, each
+    unit's gradient g_i) or per part (dof = M - 1, each weighted by its size: stats/local.py). Per parameter
+    tensor t: sq_norm = sum ||g^t||^2, tensor_sq = ||gbar^t||^2, inner_products = (sum <g^t, gbar^t>^2,
+    sum <g, gbar>^2), coord_sq = sum g*g (turned into the variances in place)."""
     grad_sq = tensor_sq.sum()
-    norm_var = (sums.sq_norm.sum() - b * grad_sq) / (b - 1)
+    norm_var = (sq_norm.sum() - b * grad_sq) / dof
 
     ip_var = orth_var = None
-    if sums.needs.inner_products:
+    if inner_products is not None:
+        ip_sq, global_ip_sq = inner_products
         if ip_mode == "global":
-            ip_var = (sums.global_ip_sq - b * grad_sq**2) / (b - 1)
-            orth_var = (sums.sq_norm.sum() - sums.global_ip_sq / grad_sq) / (b - 1)
+            ip_var = (global_ip_sq - b * grad_sq**2) / dof
+            orth_var = (sq_norm.sum() - global_ip_sq / grad_sq) / dof
         else:
             live = tensor_sq > 0  # a tensor with gbar^t = 0 has no direction to project on
-            ip_var = (sums.ip_sq - b * tensor_sq**2).sum() / (b - 1)
-            orth_var = (sums.sq_norm[live] - sums.ip_sq[live] / tensor_sq[live]).sum() / (b - 1)
+            ip_var = (ip_sq - b * tensor_sq**2).sum() / dof
+            orth_var = (sq_norm[live] - ip_sq[live] / tensor_sq[live]).sum() / dof
         ip_var, orth_var = ip_var.item(), orth_var.item()
 
     coord_var = None
-    if sums.coord_sq is not None:
-        coord_var = [sq.addcmul_(m, m, value=-b).div_(b - 1) for sq, m in zip(sums.coord_sq, mean_grad)]
-        sums.coord_sq = None
+    if coord_sq is not None:
+        mean_grad = [m.double() for m in mean_grad]
+        coord_var = [sq.addcmul_(m, m, value=-b).div_(dof) for sq, m in zip(coord_sq, mean_grad)]
 
     return BatchStatistics(
         batch_size=b,
