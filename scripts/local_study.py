@@ -8,12 +8,14 @@ batch_size.parts); runs must share one experiment. Writes OUT_DIR/local_study.md
 seeds, steps, final test accuracy (a language model's: perplexity) and loss, mean and final batch size,
 and how far the batch sizes were from the per-example run of the same seed: the mean |log2(b_local /
 b_exact)| over the exact run's steps, at equal samples) and OUT_DIR/local_study.png (batch size against
-samples, one panel per M, the per-example seeds in grey). `make local-study` runs the suite and then this.
+samples, one panel per M, the per-example seeds in grey), and the table's numbers unrounded in
+OUT_DIR/local_study.csv. `make local-study` runs the suite and then this.
 """
 from __future__ import annotations
 
 import argparse
 import bisect
+import csv
 import math
 import statistics
 import sys
@@ -54,30 +56,55 @@ def log2_gap(run, exact) -> float:
     return statistics.fmean(abs(math.log2(size_at(starts, sizes, s) / b)) for s, b in zip(exact_starts, exact_sizes))
 
 
-def mean_sd(values: list[float], digits: int) -> str:
-    sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.fmean(values):.{digits}f} ± {sd:.{digits}f}"
+def mean_sd(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-def table(groups: dict[str, list]) -> str:
+# (column of the table, of the CSV, summary key or None for the gap, digits)
+COLUMNS = [("steps", "steps", "steps", 1), ("final test {metric}", "final_test_{metric}", "final_test_{metric}", 4),
+           ("final test loss", "final_test_loss", "final_test_loss", 4),
+           ("mean batch size", "mean_batch_size", "mean_batch_size", 0),
+           ("final batch size", "final_batch_size", "final_batch_size", 0),
+           ("batch size gap to per-example (mean abs log2)", "log2_gap", None, 3)]
+
+
+def study_rows(groups: dict[str, list]) -> tuple[str, list[dict]]:
+    """The task's metric (acc, or a language model's perplexity) and a row per statistics source: its
+    seeds, the parts its tested steps had, and the mean and standard deviation over seeds of each column."""
     exact = {run.seed: run for run in groups.get(EXACT, [])}
     every_run = [run for runs in groups.values() for run in runs]
-    metric = "acc" if all("final_test_acc" in run.summary for run in every_run) else "perplexity"  # a language model's
-    lines = [f"| statistics | seeds | parts per tested step | steps | final test {metric} | final test loss | mean batch size "
-             "| final batch size | batch size gap to per-example (mean abs log2) |", "|---|---|---|---|---|---|---|---|---|"]
+    metric = "acc" if all("final_test_acc" in run.summary for run in every_run) else "perplexity"
+    rows = []
     for source, runs in groups.items():
         parts = sorted({r["parts"] for run in runs for r in run.train_records if "parts" in r})
-        gaps = [log2_gap(run, exact[run.seed]) for run in runs if run.seed in exact]
-        lines.append(" | ".join([
-            f"| {source}", str(len(runs)), f"{parts[0]}-{parts[-1]}" if parts else "-",
-            mean_sd([run.summary["steps"] for run in runs], 1),
-            mean_sd([run.summary[f"final_test_{metric}"] for run in runs], 4),
-            mean_sd([run.summary["final_test_loss"] for run in runs], 4),
-            mean_sd([run.summary["mean_batch_size"] for run in runs], 0),
-            mean_sd([run.summary["final_batch_size"] for run in runs], 0),
-            mean_sd(gaps, 3) if gaps else "-",
-        ]) + " |")
+        row = {"statistics": source, "seeds": len(runs), "parts": f"{parts[0]}-{parts[-1]}" if parts else "-"}
+        for _, name, key, _ in COLUMNS:
+            name = name.format(metric=metric)
+            values = ([log2_gap(run, exact[run.seed]) for run in runs if run.seed in exact] if key is None
+                      else [run.summary[key.format(metric=metric)] for run in runs])
+            row[f"{name}_mean"], row[f"{name}_std"] = mean_sd(values) if values else ("", "")
+        rows.append(row)
+    return metric, rows
+
+
+def table(metric: str, rows: list[dict]) -> str:
+    header = ["statistics", "seeds", "parts per tested step", *(title.format(metric=metric) for title, *_ in COLUMNS)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        cells = [row["statistics"], str(row["seeds"]), row["parts"]]
+        for _, name, _, digits in COLUMNS:
+            name = name.format(metric=metric)
+            mean, sd = row[f"{name}_mean"], row[f"{name}_std"]
+            cells.append(f"{mean:.{digits}f} ± {sd:.{digits}f}" if mean != "" else "-")
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def write_csv(rows: list[dict], path: Path) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
 
 
 def figure(groups: dict[str, list], path: Path) -> None:
@@ -115,10 +142,12 @@ def main(argv: list[str] | None = None) -> int:
     for run in sorted(runs, key=lambda run: (source_of(run) != EXACT, run.config["batch_size"].get("parts", 2), run.seed)):
         groups.setdefault(source_of(run), []).append(run)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "local_study.md").write_text(table(groups))
+    metric, rows = study_rows(groups)
+    (args.out / "local_study.md").write_text(table(metric, rows))
+    write_csv(rows, args.out / "local_study.csv")
     figure(groups, args.out / "local_study.png")
-    print(args.out / "local_study.md")
-    print(args.out / "local_study.png")
+    for name in ("local_study.md", "local_study.csv", "local_study.png"):
+        print(args.out / name)
     return 0
 
 

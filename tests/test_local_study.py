@@ -2,6 +2,7 @@
 and the batch-size gap to the per-example run of the same seed (zero for that run itself)."""
 from __future__ import annotations
 
+import csv
 import importlib.util
 
 import pytest
@@ -36,5 +37,9 @@ def test_the_study_table_compares_each_number_of_parts_with_the_per_example_test
     assert cells[0][-1] == "0.000 ± 0.000 |"  # the per-example run against itself
     assert float(cells[1][-1].split(" ± ")[0]) > 0  # the estimate from 4 parts took other decisions
     assert (tmp_path / "out" / "local_study.png").stat().st_size > 0
+    with open(tmp_path / "out" / "local_study.csv", newline="") as f:
+        found = list(csv.DictReader(f))
+    assert [(r["statistics"], r["parts"]) for r in found] == [("per-example", "-"), ("parts, M >= 4", "4-4")]
+    assert f"{float(found[1]['log2_gap_mean']):.3f}" == cells[1][-1].split(" ± ")[0]  # the table, rounded
 
     assert study.main([str(runs / "nothing-here"), "--out", str(tmp_path / "out")]) == 2

@@ -10,6 +10,8 @@ the file is prose and is left alone. The blocks:
   the frontier's extra points stay in frontier.md) with steps, mean batch size and final test accuracy
   from results/cpu/<experiment>/table.csv.
 - README.md `bench-brief`: ghost's worst time and memory ratios per test, from results/bench/cpu.csv.
+- README.md `engine-choice`: engine=local against the per-example test, a sentence per experiment of
+  results/local_study/, and its tested step's cost on 2 ranks from results/bench/ranks_cpu.csv.
 - docs/benchmarks.md `bench-summary`: the whole bench summary of `summary.block`, with the second run of
   results/bench/repeat/ when there is one.
 """
@@ -24,11 +26,14 @@ from pathlib import Path
 
 from adabatch.analysis import group_runs, load_runs
 from adabatch.analysis.figures import is_tested, row_methods
+from adabatch.analysis.headline import ACCURACY, Headline
 from adabatch_bench import ROOT
 from adabatch_bench import summary as bench
 
 CPU_RESULTS = Path("results/cpu")
 BENCH_CSV = Path("results/bench/cpu.csv")
+LOCAL_STUDY = Path("results/local_study")
+RANKS_CSV = Path("results/bench/ranks_cpu.csv")
 
 
 @dataclass(frozen=True)
@@ -56,39 +61,55 @@ def count(value: str) -> str:
     return f"{float(value):,.0f}"
 
 
-def results_table(experiment_dir: Path, labels: list[str]) -> str:
+def headline_cell(headline: Headline, mean: str, spread: str) -> str:
+    """A mean final value ± its spread over seeds in the headline's units (percent for accuracy)."""
+    if headline.scale == 100:
+        return percent(mean, spread)
+    return f"{float(mean):.3f} ± {float(spread):.3f}" if spread else f"{float(mean):.3f}"
+
+
+def results_table(experiment_dir: Path, labels: list[str], headline: Headline) -> str:
     """The experiment's own methods' rows of its table.csv, in the table's order."""
     with open(experiment_dir / "table.csv", newline="") as f:
         rows = [row for row in csv.DictReader(f) if row["method"] in labels]
-    lines = ["| method | seeds | optimizer steps | mean batch size | final test accuracy (%) |", "|---|---|---|---|---|"]
+    final = headline.final_key
+    title = f"final {headline.label}" + (" (%)" if headline.scale == 100 else "")
+    lines = [f"| method | seeds | optimizer steps | mean batch size | {title} |", "|---|---|---|---|---|"]
     lines += [f"| {r['method']} | {r['seeds']} | {count(r['steps_mean'])} | {count(r['mean_batch_size_mean'])} | "
-              f"{percent(r['final_test_acc_mean'], r['final_test_acc_std'])} |" for r in rows]
+              f"{headline_cell(headline, r[f'{final}_mean'], r[f'{final}_std'])} |" for r in rows]
     return "\n".join(lines)
 
 
-def best_of(experiment_dir: Path, labels: list[str]) -> str:
-    """The row of table.csv with the best mean final test accuracy among `labels`, as a phrase."""
+def best_of(experiment_dir: Path, labels: list[str], headline: Headline) -> str:
+    """The row of table.csv with the best mean final headline value among `labels`, as a phrase."""
     with open(experiment_dir / "table.csv", newline="") as f:
-        best = max((r for r in csv.DictReader(f) if r["method"] in labels), key=lambda r: float(r["final_test_acc_mean"]))
-    return f"{best['method']}, {100 * float(best['final_test_acc_mean']):.2f}% in {count(best['steps_mean'])} steps"
+        rows = [r for r in csv.DictReader(f) if r["method"] in labels]
+    value = lambda r: float(r[f"{headline.final_key}_mean"])  # noqa: E731
+    best = next(r for r in rows if value(r) == headline.best([value(r) for r in rows]))
+    shown = f"{100 * value(best):.2f}%" if headline.scale == 100 else f"{value(best):.3f}"
+    return f"{best['method']}, {shown} in {count(best['steps_mean'])} steps"
 
 
 def results_cpu() -> str:
     """Each experiment's own methods, then the best tested and the best constant-batch method of all its
-    methods (frontier points included): whether an adaptive test matches a constant batch."""
-    experiments = group_runs(load_runs([ROOT / CPU_RESULTS / "runs"]))
+    methods (frontier points included): whether an adaptive test matches a constant batch. The
+    classification experiments first, then the language models."""
+    experiments = sorted(group_runs(load_runs([ROOT / CPU_RESULTS / "runs"])), key=lambda e: e.slug, reverse=True)
     parts = []
-    for experiment in sorted(experiments, key=lambda e: e.slug, reverse=True):
+    for experiment in sorted(experiments, key=lambda e: e.headline != ACCURACY):
         own = row_methods(experiment)
         left_out = len(experiment.methods) - len(own)
-        folder = CPU_RESULTS / experiment.slug
+        folder, headline = CPU_RESULTS / experiment.slug, experiment.headline
         tested = [m.label for m in experiment.methods if is_tested(m)]
         constant = [m.label for m in experiment.methods if m.config["batch_size"]["name"] == "constant"]
-        best = (f"Best final accuracy of all {len(experiment.methods)} methods, frontier included: with a test, "
-                f"{best_of(ROOT / folder, tested)}; with a constant batch, {best_of(ROOT / folder, constant)}.")
-        parts += [f"**`{experiment.name}`** (`{folder.as_posix()}/`; {left_out} more methods, frontier points "
-                  f"and other tests, in `frontier.md`):", "", results_table(ROOT / folder, [m.label for m in own]), "",
-                  textwrap.fill(best, 105), ""]
+        best = (f"Best final {headline.label.removeprefix('test ')} of all {len(experiment.methods)} methods"
+                + (", frontier included" if left_out else "") + f": with a test, {best_of(ROOT / folder, tested, headline)}; "
+                f"with a constant batch, {best_of(ROOT / folder, constant, headline)}.")
+        more = f"; {left_out} more methods, frontier points and other tests, in `frontier.md`" if left_out else ""
+        parts += [f"**`{experiment.name}`** (`{folder.as_posix()}/`{more}):", "",
+                  results_table(ROOT / folder, [m.label for m in own], headline), ""]
+        if left_out:  # else the table above has every method
+            parts += [textwrap.fill(best, 105), ""]
     return "\n".join(parts[:-1])
 
 
@@ -108,6 +129,48 @@ def bench_brief() -> str:
     return "\n".join(lines)
 
 
+def span(rows: list[dict], key: str, show: Callable[[float], str]) -> str:
+    """The smallest and the largest of rows[*][key], shown; one value where they show the same."""
+    values = sorted(float(row[key]) for row in rows)
+    return "-".join(dict.fromkeys((show(values[0]), show(values[-1]))))
+
+
+def study_phrase(study_csv: Path) -> str:
+    """One experiment's local study in a sentence: the per-example run, then the range over the M of the parts'."""
+    with open(study_csv, newline="") as f:
+        exact, *local = list(csv.DictReader(f))
+    if "final_test_acc_mean" in exact:
+        metric, name, shown = "final_test_acc_mean", "accuracy", lambda v: f"{100 * v:.2f}%"
+    else:
+        metric, name, shown = "final_test_perplexity_mean", "perplexity", lambda v: f"{v:.2f}"
+    parts = [row["statistics"].split()[-1] for row in local]  # "parts, M >= 4"
+    return (f"`{study_csv.parent.name}` ({exact['seeds']} seeds): per-example {float(exact['steps_mean']):,.0f} steps, "
+            f"final test {name} {shown(float(exact[metric]))}; from M ≥ {parts[0]} to {parts[-1]} parts "
+            f"{span(local, 'steps_mean', lambda v: f'{v:,.0f}')} steps, {span(local, metric, shown)}, batch sizes a "
+            f"factor {span(local, 'log2_gap_mean', lambda v: f'{2 ** v:.2f}')} from the per-example run's "
+            "(geometric mean over its steps).")
+
+
+def engine_choice() -> str:
+    """engine=local's decisions against the per-example test's (results/local_study/*/local_study.csv) and
+    its cost on 2 ranks (results/bench/ranks_cpu.csv, with the repeat's ratios where there is one)."""
+    said = [study_phrase(path) for path in sorted((ROOT / LOCAL_STUDY).glob("*/local_study.csv"))]
+    if (ROOT / RANKS_CSV).exists():
+        with open(ROOT / RANKS_CSV, newline="") as f:
+            rows = list(csv.DictReader(f))
+        repeat_csv = ROOT / RANKS_CSV.parent / "repeat" / RANKS_CSV.name
+        again = {}
+        if repeat_csv.exists():
+            with open(repeat_csv, newline="") as f:
+                again = {r["experiment"]: r["time_ratio"] for r in csv.DictReader(f)}
+        costs = ", ".join(f"{float(r['time_ratio']):.2f}x" + (f" (repeat {float(again[r['experiment']]):.2f}x)"
+                                                                 if r["experiment"] in again else "")
+                          + f" for `{r['experiment']}` ({r['model']}, b = {r['batch_size']})" for r in rows)
+        said.append(f"A tested step with `engine=local` on 2 ranks costs {costs} a plain DDP step, on "
+                    f"{rows[0]['device']} (`{RANKS_CSV.with_suffix('.md').as_posix()}`).")
+    return "\n\n".join(textwrap.fill(text, 105) for text in said)
+
+
 def bench_summary() -> str:
     return bench.block(BENCH_CSV)
 
@@ -116,6 +179,8 @@ BLOCKS = (
     Block(Path("README.md"), "results-cpu", "results/cpu/*/table.csv", results_cpu),
     Block(Path("README.md"), "bench-brief", BENCH_CSV.as_posix(), bench_brief),
     Block(Path("docs/benchmarks.md"), "bench-summary", BENCH_CSV.as_posix(), bench_summary),
+    Block(Path("README.md"), "engine-choice", f"{LOCAL_STUDY.as_posix()}/*/local_study.csv and {RANKS_CSV.as_posix()}",
+          engine_choice),
 )
 
 

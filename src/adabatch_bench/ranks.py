@@ -37,7 +37,7 @@ from adabatch_bench.bench import known_within
 
 EXPERIMENTS = ("quickstart", "kjv_gpt")  # the digits CNN; the small GPT on the King James Bible
 RANKS = 2
-FIELDS = ("experiment", "model", "ranks", "batch_size", "parts", "plain_ms", "tested_ms", "time_ratio",
+FIELDS = ("device", "experiment", "model", "ranks", "batch_size", "parts", "plain_ms", "tested_ms", "time_ratio",
           "ratio_range", "rounds")
 
 
@@ -131,7 +131,7 @@ def time_rounds(exp, batch, args: argparse.Namespace, name: str, rank: int) -> d
     parts = exp.adaptive.statistics_source()["parts"]  # of the last tested step
     per_step = {tested: 1000 * statistics.median(s) / args.steps for tested, s in seconds.items()}
     return {
-        "experiment": name, "model": exp.model.__class__.__name__, "ranks": RANKS, "batch_size": len(batch),
+        "device": describe(torch.device("cpu")), "experiment": name, "model": exp.model.__class__.__name__, "ranks": RANKS, "batch_size": len(batch),
         "parts": parts, "plain_ms": f"{per_step[False]:.1f}", "tested_ms": f"{per_step[True]:.1f}",
         "time_ratio": f"{statistics.median(ratios):.3f}", "ratio_range": f"{min(ratios):.2f}-{max(ratios):.2f}",
         "rounds": len(ratios),
@@ -158,7 +158,7 @@ def write_tables(rows: list[dict], device: str, args: argparse.Namespace) -> Non
         "",
         "| " + " | ".join(header) + " |",
         "|" + "---|" * len(header),
-        *("| " + " | ".join(str(row[k]) for k in FIELDS) + " |" for row in rows),
+        *("| " + " | ".join(str(row[k]) for k in FIELDS[1:]) + " |" for row in rows),  # the device: in the header
     ]
     (args.out / f"ranks_{device}.md").write_text("\n".join(lines) + "\n")
 
