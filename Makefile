@@ -65,6 +65,13 @@ bench-repeat: $(SYNCED)
 	$(PY) -m adabatch_bench.bench --out results/bench/repeat $(ARGS)
 	$(PY) -m adabatch_bench.docs
 
+## engine=local's tested step against a plain DDP step on 2 ranks, twice: results/bench/ranks_cpu.md and repeat/
+.PHONY: bench-ranks
+bench-ranks: $(SYNCED) | data-kjv
+	$(PY) -m adabatch_bench.ranks $(ARGS)
+	$(PY) -m adabatch_bench.ranks --out results/bench/repeat $(ARGS)
+	$(PY) -m adabatch_bench.docs
+
 ## A sweep as a SLURM job array: make sweep NAME=eta GRID="experiment=cpu_digits_cnn batch_size.eta=0.25,0.5 seed=0,1"
 NAME ?= sweep
 GRID ?=
