@@ -83,6 +83,10 @@ class Capture:
         for handle in self.handles:
             handle.remove()
         self.workspace = None
+        # A pass cut short (out of memory mid-pass) leaves layer inputs here whose autograd graph holds the
+        # hooks that hold this capture: a cycle through C++ that Python's collector cannot see. Break it.
+        self.inputs.clear()
+        self.shared = {}
 
     def on_forward(self, module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
         name = self.engine.names[module]
