@@ -215,6 +215,7 @@ def test_on_the_cpu_the_choice_keeps_the_processs_resident_growth_within_its_bud
     assert any(peak is None for _, peak in choice["trials"]), outcome["describe"]  # a larger trial was stopped in time
     assert outcome["limit"] is not None and outcome["limit"] <= outcome["before"] + RESIDENT_BUDGET  # the guard watched
     assert all(peak is None or peak <= outcome["limit"] for peak in outcome["peaks"]), outcome["describe"]
-    # The run's steps after the search grew this process by up to 1.5 times what its trial measured
-    # (not yet explained); CPU_HEADROOM (half the available memory) leaves room for twice the budget.
+    # The run's steps after the search grew this process by 1.15-1.3 times the budget here (the
+    # allocator's pages; before the leak of a trial cut short was fixed, more); CPU_HEADROOM (half the
+    # available memory) leaves room for twice the budget.
     assert outcome["growth"] <= 2 * RESIDENT_BUDGET, (outcome["describe"], outcome["growth"] / MIB)
