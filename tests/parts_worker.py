@@ -16,7 +16,8 @@ from torch.nn.parallel import DistributedDataParallel
 
 from adabatch.distributed import World, join_process_group, leave_process_group
 from adabatch.parallel.fsdp import load_checkpoint, save_checkpoint, shard_model
-from adabatch.parallel.local_step import gradient_with_part_statistics, synchronized
+from adabatch.parallel.local_step import gradient_with_part_statistics
+from adabatch.step import synchronized
 from adabatch.parallel.part_capture import PartCapture
 from adabatch.stats import Needs
 from adabatch.stats.local import reduce_part_statistics

@@ -38,7 +38,7 @@ def accumulate_gradient(
     loss_sum: torch.Tensor | float = 0.0
     for k, part in enumerate(parts):
         x, y = data.examples(part)
-        with _sync_gradients(model, k == len(parts) - 1):
+        with synchronized(model, k == len(parts) - 1):
             with autocast or contextlib.nullcontext():
                 logits = model(x)
             part_loss = loss(logits, y)
@@ -47,7 +47,9 @@ def accumulate_gradient(
     return loss_sum / len(batch)
 
 
-def _sync_gradients(model: torch.nn.Module, sync: bool) -> contextlib.AbstractContextManager:
+def synchronized(model: torch.nn.Module, sync: bool) -> contextlib.AbstractContextManager:
+    """Gradients cross ranks only in the last micro-batch's backward (DDP's no_sync, FSDP2's
+    set_requires_gradient_sync); a model in one process, or compiled around them, as it is."""
     ddp = getattr(model, "_orig_mod", model)  # torch.compile wraps the DDP module
     fsdp = sys.modules.get("torch.distributed.fsdp")  # loaded by a run that shards (seconds of imports), else none is
     if fsdp is not None and isinstance(ddp, fsdp.FSDPModule):  # FSDP2: reduce-scatter in the last micro-batch's backward only

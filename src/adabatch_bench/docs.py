@@ -28,6 +28,7 @@ from adabatch.analysis import group_runs, load_runs
 from adabatch.analysis.figures import is_tested, row_methods
 from adabatch.analysis.headline import ACCURACY, Headline
 from adabatch_bench import ROOT
+from adabatch_bench import ranks
 from adabatch_bench import summary as bench
 
 CPU_RESULTS = Path("results/cpu")
@@ -163,10 +164,12 @@ def engine_choice() -> str:
         if repeat_csv.exists():
             with open(repeat_csv, newline="") as f:
                 again = {r["experiment"]: r["time_ratio"] for r in csv.DictReader(f)}
-        costs = ", ".join(f"{float(r['time_ratio']):.2f}x" + (f" (repeat {float(again[r['experiment']]):.2f}x)"
-                                                                 if r["experiment"] in again else "")
-                          + f" for `{r['experiment']}` ({r['model']}, b = {r['batch_size']})" for r in rows)
-        said.append(f"A tested step with `engine=local` on 2 ranks costs {costs} a plain DDP step, on "
+        costs = " and ".join(
+            f"{float(r['time_ratio']):.2f}x" + (f" (repeat {float(again[r['experiment']]):.2f}x)" if r["experiment"] in again
+                                               else "")
+            + f" for `{r['experiment']}` ({ranks.EXPERIMENTS.get(r['experiment'], r['model'])}, a plain step "
+              f"{float(r['plain_ms']):.0f} ms at b = {r['batch_size']})" for r in rows)
+        said.append(f"A tested step with `engine=local` on 2 ranks costs {costs} as much as a plain DDP step, on "
                     f"{rows[0]['device']} (`{RANKS_CSV.with_suffix('.md').as_posix()}`).")
     return "\n\n".join(textwrap.fill(text, 105) for text in said)
 

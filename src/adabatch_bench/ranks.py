@@ -35,7 +35,7 @@ from adabatch.device import describe
 from adabatch_bench import ROOT
 from adabatch_bench.bench import known_within
 
-EXPERIMENTS = ("quickstart", "kjv_gpt")  # the digits CNN; the small GPT on the King James Bible
+EXPERIMENTS = {"quickstart": "the digits CNN", "kjv_gpt": "the GPT"}  # what each experiment's row times
 RANKS = 2
 FIELDS = ("device", "experiment", "model", "ranks", "batch_size", "parts", "plain_ms", "tested_ms", "time_ratio",
           "ratio_range", "rounds")
@@ -43,7 +43,7 @@ FIELDS = ("device", "experiment", "model", "ranks", "batch_size", "parts", "plai
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--experiments", nargs="+", default=list(EXPERIMENTS), choices=EXPERIMENTS)
+    parser.add_argument("--experiments", nargs="+", default=list(EXPERIMENTS), choices=list(EXPERIMENTS))
     parser.add_argument("--size", type=int, default=128, help="the global batch, split over the ranks")
     parser.add_argument("--steps", type=int, default=3, help="steps per configuration and round")
     parser.add_argument("--min-rounds", type=int, default=10)

@@ -8,17 +8,16 @@ summed per-example loss (classification, next-token, ...).
 """
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 
 from ..distributed import SINGLE_PROCESS, World
 from ..stats.local import part_statistics, reduce_part_statistics
 from ..stats.statistics import BatchStatistics
+from ..step import synchronized
 from .part_capture import PartCapture
 
 
@@ -56,15 +55,3 @@ def gradient_with_part_statistics(
 def local_shard(tensor: torch.Tensor) -> torch.Tensor:
     """This rank's shard of an FSDP2 gradient (a DTensor), the tensor itself otherwise."""
     return tensor.to_local() if hasattr(tensor, "to_local") else tensor
-
-
-def synchronized(model: nn.Module, sync: bool) -> contextlib.AbstractContextManager:
-    """Gradients cross ranks only in the last micro-batch's backward (DDP's no_sync, FSDP2's
-    set_requires_gradient_sync)."""
-    from torch.distributed.fsdp import FSDPModule
-
-    if isinstance(model, DistributedDataParallel):
-        return contextlib.nullcontext() if sync else model.no_sync()
-    if isinstance(model, FSDPModule):
-        model.set_requires_gradient_sync(sync)
-    return contextlib.nullcontext()
