@@ -169,8 +169,8 @@ def engine_choice() -> str:
                                                else "")
             + f" for `{r['experiment']}` ({ranks.EXPERIMENTS.get(r['experiment'], r['model'])}, a plain step "
               f"{float(r['plain_ms']):.0f} ms at b = {r['batch_size']})" for r in rows)
-        said.append(f"A tested step with `engine=local` on 2 ranks costs {costs} as much as a plain DDP step, on "
-                    f"{rows[0]['device']} (`{RANKS_CSV.with_suffix('.md').as_posix()}`).")
+        said.append(f"A tested step with `engine=local` on 2 ranks of this project's 2-core CPU costs {costs} as "
+                    f"much as a plain DDP step (`{RANKS_CSV.with_suffix('.md').as_posix()}`).")
     return "\n\n".join(textwrap.fill(text, 105) for text in said)
 
 
