@@ -49,23 +49,40 @@ def size_at(starts: list[int], sizes: list[int], samples: int) -> int:
     return sizes[max(0, bisect.bisect_right(starts, samples) - 1)]
 
 
-def log2_gap(run, exact) -> float:
-    """Mean |log2(b_run / b_exact)| over the exact run's steps, each compared at the same samples."""
+def log2_gaps(run, exact) -> list[tuple[float, bool]]:
+    """At each of the exact run's steps, compared at the same samples: (|log2(b_run / b_exact)|, whether
+    both runs were at the largest size either reached, where a test has nothing left to decide)."""
     starts, sizes = trajectory(run)
     exact_starts, exact_sizes = trajectory(exact)
-    return statistics.fmean(abs(math.log2(size_at(starts, sizes, s) / b)) for s, b in zip(exact_starts, exact_sizes))
+    cap = max(*sizes, *exact_sizes)
+    found = []
+    for s, b in zip(exact_starts, exact_sizes):
+        size = size_at(starts, sizes, s)
+        found.append((abs(math.log2(size / b)), size == b == cap))
+    return found
+
+
+def log2_gap(run, exact) -> float:
+    """Mean |log2(b_run / b_exact)| over the exact run's steps."""
+    return statistics.fmean(gap for gap, _ in log2_gaps(run, exact))
+
+
+def growing_log2_gap(run, exact) -> float:
+    """The same over the steps before both runs reached the largest size: the steps the test decided."""
+    return statistics.fmean([gap for gap, capped in log2_gaps(run, exact) if not capped] or [0.0])
 
 
 def mean_sd(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-# (column of the table, of the CSV, summary key or None for the gap, digits)
+# (column of the table, of the CSV, a summary key or a gap function of (run, exact run), digits)
 COLUMNS = [("steps", "steps", "steps", 1), ("final test {metric}", "final_test_{metric}", "final_test_{metric}", 4),
            ("final test loss", "final_test_loss", "final_test_loss", 4),
            ("mean batch size", "mean_batch_size", "mean_batch_size", 0),
            ("final batch size", "final_batch_size", "final_batch_size", 0),
-           ("batch size gap to per-example (mean abs log2)", "log2_gap", None, 3)]
+           ("batch size gap to per-example (mean abs log2)", "log2_gap", log2_gap, 3),
+           ("the same, before both reach the largest size", "growing_log2_gap", growing_log2_gap, 3)]
 
 
 def study_rows(groups: dict[str, list]) -> tuple[str, list[dict]]:
@@ -80,7 +97,7 @@ def study_rows(groups: dict[str, list]) -> tuple[str, list[dict]]:
         row = {"statistics": source, "seeds": len(runs), "parts": f"{parts[0]}-{parts[-1]}" if parts else "-"}
         for _, name, key, _ in COLUMNS:
             name = name.format(metric=metric)
-            values = ([log2_gap(run, exact[run.seed]) for run in runs if run.seed in exact] if key is None
+            values = ([key(run, exact[run.seed]) for run in runs if run.seed in exact] if callable(key)
                       else [run.summary[key.format(metric=metric)] for run in runs])
             row[f"{name}_mean"], row[f"{name}_std"] = mean_sd(values) if values else ("", "")
         rows.append(row)

@@ -148,8 +148,8 @@ def study_phrase(study_csv: Path) -> str:
     return (f"`{study_csv.parent.name}` ({exact['seeds']} seeds): per-example {float(exact['steps_mean']):,.0f} steps, "
             f"final test {name} {shown(float(exact[metric]))}; from M ≥ {parts[0]} to {parts[-1]} parts "
             f"{span(local, 'steps_mean', lambda v: f'{v:,.0f}')} steps, {span(local, metric, shown)}, batch sizes a "
-            f"factor {span(local, 'log2_gap_mean', lambda v: f'{2 ** v:.2f}')} from the per-example run's "
-            "(geometric mean over its steps).")
+            f"factor {span(local, 'growing_log2_gap_mean', lambda v: f'{2 ** v:.2f}')} from the per-example run's "
+            "while they grew (geometric mean over its steps before both reached b_max).")
 
 
 def engine_choice() -> str:
