@@ -149,7 +149,7 @@ def study_phrase(study_csv: Path) -> str:
             f"final test {name} {shown(float(exact[metric]))}; from M ≥ {parts[0]} to {parts[-1]} parts "
             f"{span(local, 'steps_mean', lambda v: f'{v:,.0f}')} steps, {span(local, metric, shown)}, batch sizes a "
             f"factor {span(local, 'growing_log2_gap_mean', lambda v: f'{2 ** v:.2f}')} from the per-example run's "
-            "while they grew (geometric mean over its steps before both reached b_max).")
+            "until both reach b_max (geometric mean).")
 
 
 def engine_choice() -> str:
