@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import statistics
 from pathlib import Path
 
 import matplotlib
@@ -26,6 +27,7 @@ DPI = 150
 PANEL_SIZE = (5.0, 4.2)  # inches per panel
 MIN_WIDTH = 8.0  # inches; room for the legend under a single panel
 LEGEND_COLUMN_WIDTH = 3.5  # inches per legend column, enough for a label of about 40 characters
+LABEL_CHARACTER_WIDTH = 0.075  # inches per character of a legend label, at the legend's font size
 MAX_CURVE_SERIES = 8  # series a curve panel shows (tab10 keeps them distinct)
 MARKERS_UP_TO = 50  # points per line; sparser test records get markers so single points show
 BAND_NOTE = (
@@ -80,7 +82,8 @@ def row_methods(experiment: Experiment) -> list[Method]:
     share. A frontier's extra points each override one plan key (b0, eta), so they are left to the
     frontier figure. Where more than MAX_CURVE_SERIES remain, the row is its schedules and the test most
     of its tested methods run (the paper's row: one test with several optimizers); the other tests go to
-    the frontier figure too, so a curve panel keeps series a qualitative palette tells apart.
+    the frontier figure too, so a curve panel keeps series a qualitative palette tells apart; where more
+    still remain (a learning-rate grid), the best of them by their mean final headline value.
     Runs without a plan (a multirun, a single run) are all the experiment's own."""
     plans = [json.dumps(method.config.get("plan"), sort_keys=True) for method in experiment.methods]
     shared = max(plans, key=plans.count)
@@ -89,11 +92,21 @@ def row_methods(experiment: Experiment) -> list[Method]:
         return own
     tests = [method.config["batch_size"]["name"] for method in own if is_tested(method)]
     row_test = max(tests, key=tests.count, default=None)
-    return [method for method in own if not is_tested(method) or method.config["batch_size"]["name"] == row_test]
+    own = [method for method in own if not is_tested(method) or method.config["batch_size"]["name"] == row_test]
+    if len(own) > MAX_CURVE_SERIES:  # still too many (a learning-rate grid): the best by mean final headline value
+        headline = experiment.headline
+        final = {method.label: statistics.fmean(run.summary[headline.final_key] for run in method.completed)
+                 for method in own if method.completed}
+        ranked = sorted(final, key=final.get, reverse=headline.higher_is_better)[:MAX_CURVE_SERIES]
+        own = [method for method in own if method.label in ranked]
+    return own
 
 
-def legend_columns(fig_width: float) -> int:
-    return max(1, int(fig_width // LEGEND_COLUMN_WIDTH))
+def legend_columns(fig_width: float, labels: list[str] = ()) -> int:
+    """Legend columns that fit the figure, each as wide as the longest label needs (a learning-rate grid's run
+    more than twice the usual 40 characters)."""
+    longest = max((len(label) for label in labels), default=0)
+    return max(1, int(fig_width // max(LEGEND_COLUMN_WIDTH, LABEL_CHARACTER_WIDTH * longest + 0.6)))
 
 
 def panel_figure(panels: int, legend_entries: int) -> tuple[Figure, list[Axes]]:
@@ -131,7 +144,7 @@ def powers_of_two_axis(ax: Axes) -> None:
 
 
 def add_legend(fig: Figure, handles: list, labels: list[str], title: str) -> None:
-    rows = math.ceil(len(labels) / legend_columns(fig.get_figwidth()))
+    rows = math.ceil(len(labels) / legend_columns(fig.get_figwidth(), labels))
     ncols = math.ceil(len(labels) / rows)  # balanced columns, filled top to bottom
     fig.legend(handles, labels, loc="outside lower center", ncols=ncols, title=title, frameon=False)
 
