@@ -412,6 +412,20 @@ def test_a_row_of_more_than_eight_methods_draws_its_schedules_and_its_main_test(
     assert {m.config["batch_size"]["name"] for m in own} == {"constant", "linear_ramp", "norm"}
     write_report([experiment], tmp_path / "out")
 
+
+def test_a_row_still_above_eight_methods_draws_its_eight_best_by_final_value(tmp_path):
+    """A learning-rate grid: ten constant batches on one plan, none a test; the curves keep the eight with
+    the best mean final accuracy, in the row's order."""
+    plan, runs = {"b0": 10, "eta": 0.1}, tmp_path / "runs"
+    for k in range(10):
+        write_run(runs / f"lr{k}", make_config(plan=plan, batch_size={**CONSTANT}, optimizer__lr=0.001 * (k + 1)),
+                  train_records([10] * 5, [1.0] * 5), eval_records([(0, 0, 0.1), (5, 50, 0.5 + 0.01 * ((3 * k) % 10))]))
+    (experiment,) = group_runs(load_runs([runs]))
+    own = row_methods(experiment)
+    finals = {m.label: m.completed[0].summary["final_test_acc"] for m in experiment.methods}
+    assert len(own) == 8 and [m.label for m in own] == [m.label for m in experiment.methods if m in own]
+    assert min(finals[m.label] for m in own) > max(finals[m.label] for m in experiment.methods if m not in own)
+
 # ---- tables and the command line ----------------------------------------------------------------
 
 
