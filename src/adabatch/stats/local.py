@@ -106,17 +106,12 @@ def part_statistics(sums: PartSums, mean_grad: list[torch.Tensor] | None = None,
         if mean_grad is None:
             raise ValueError("part_statistics needs the batch gradient: pass mean_grad, or tensor_sq where it is sharded")
         tensor_sq = torch.stack([m.double().pow(2).sum() for m in mean_grad])
-    inner_products = None
-    if sums.needs.inner_products:
-        if not sums.inner_products_added:
-            raise ValueError("the inner-product tests need each part's gradient after the all-reduce (add_inner_products); "
-                             "keep the part gradients, or use the norm test")
-        inner_products = (sums.ip_sq, sums.global_ip_sq)
+    if sums.needs.inner_products and not sums.inner_products_added:
+        raise ValueError("the inner-product tests need each part's gradient after the all-reduce (add_inner_products); "
+                         "keep the part gradients, or use the norm test")
     if sums.coord_sq is not None and mean_grad is None:
         raise ValueError("the coordinate-wise test needs the whole batch gradient ḡ per coordinate: pass mean_grad")
-    statistics = closing_statistics(b, parts - 1, sums.sq_norm, tensor_sq, inner_products, sums.coord_sq, mean_grad, ip_mode)
-    sums.coord_sq = None
-    return statistics
+    return closing_statistics(sums, b, parts - 1, tensor_sq, mean_grad, ip_mode)
 
 
 def reduce_part_statistics(sums: PartSums, mean_grad: list[torch.Tensor], world: World = SINGLE_PROCESS,

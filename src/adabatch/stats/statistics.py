@@ -3,10 +3,21 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 
-from .sums import GradientSums
+from .sums import GradientSums, Needs
+
+
+class Sums(Protocol):
+    """What the statistics read from the sums: `GradientSums` per example, `stats.local.PartSums` per part."""
+
+    needs: Needs
+    sq_norm: torch.Tensor
+    ip_sq: torch.Tensor
+    global_ip_sq: torch.Tensor
+    coord_sq: list[torch.Tensor] | None
 
 IP_MODES = ("global", "per_tensor")
 
@@ -40,10 +51,7 @@ def batch_statistics(sums: GradientSums, ip_mode: str = "global",
         raise ValueError(f"the batch-size tests need at least 2 examples per batch, got {b}; raise batch_size.initial")
     mean_grad = sums.take_mean_gradient() if mean_grad is None else mean_grad
     tensor_sq = torch.stack([m.pow(2).sum() for m in mean_grad])  # ||gbar^t||^2
-    inner_products = (sums.ip_sq, sums.global_ip_sq) if sums.needs.inner_products else None
-    statistics = closing_statistics(b, b - 1, sums.sq_norm, tensor_sq, inner_products, sums.coord_sq, mean_grad, ip_mode)
-    sums.coord_sq = None
-    return statistics
+    return closing_statistics(sums, b, b - 1, tensor_sq, mean_grad, ip_mode)
 
 
 def check_ip_mode(ip_mode: str) -> None:
@@ -51,20 +59,20 @@ def check_ip_mode(ip_mode: str) -> None:
         raise ValueError(f"batch_size.ip_mode={ip_mode!r} is unknown; choose one of {', '.join(IP_MODES)}")
 
 
-def closing_statistics(b: int, dof: int, sq_norm: torch.Tensor, tensor_sq: torch.Tensor,
-                       inner_products: tuple[torch.Tensor, torch.Tensor] | None,
-                       coord_sq: list[torch.Tensor] | None, mean_grad: list[torch.Tensor] | None,
-                       ip_mode: str) -> BatchStatistics:
-    """The statistics from float64 sums over b examples in dof + 1 units: per example (dof = b - 1, each
-    unit's gradient g_i) or per part (dof = M - 1, each weighted by its size: stats/local.py). Per parameter
-    tensor t: sq_norm = sum ||g^t||^2, tensor_sq = ||gbar^t||^2, inner_products = (sum <g^t, gbar^t>^2,
-    sum <g, gbar>^2), coord_sq = sum g*g (turned into the variances in place)."""
+def closing_statistics(sums: Sums, b: int, dof: int, tensor_sq: torch.Tensor,
+                       mean_grad: list[torch.Tensor] | None, ip_mode: str) -> BatchStatistics:
+    """The statistics from float64 sums over b examples in dof + 1 units: per example (`GradientSums`,
+    dof = b - 1) or per part (`PartSums`, dof = M - 1, each part weighted by its size). Both hold, per
+    parameter tensor t, sq_norm = sum ||g^t||^2, ip_sq = sum <g^t, gbar^t>^2, global_ip_sq = sum <g, gbar>^2
+    and coord_sq = sum g*g, which becomes the per-coordinate variances in place (take the statistics once);
+    tensor_sq = ||gbar^t||^2."""
+    sq_norm = sums.sq_norm
     grad_sq = tensor_sq.sum()
     norm_var = (sq_norm.sum() - b * grad_sq) / dof
 
     ip_var = orth_var = None
-    if inner_products is not None:
-        ip_sq, global_ip_sq = inner_products
+    if sums.needs.inner_products:
+        ip_sq, global_ip_sq = sums.ip_sq, sums.global_ip_sq
         if ip_mode == "global":
             ip_var = (global_ip_sq - b * grad_sq**2) / dof
             orth_var = (sq_norm.sum() - global_ip_sq / grad_sq) / dof
@@ -75,9 +83,10 @@ def closing_statistics(b: int, dof: int, sq_norm: torch.Tensor, tensor_sq: torch
         ip_var, orth_var = ip_var.item(), orth_var.item()
 
     coord_var = None
-    if coord_sq is not None:
+    if sums.coord_sq is not None:
         mean_grad = [m.double() for m in mean_grad]
-        coord_var = [sq.addcmul_(m, m, value=-b).div_(dof) for sq, m in zip(coord_sq, mean_grad)]
+        coord_var = [sq.addcmul_(m, m, value=-b).div_(dof) for sq, m in zip(sums.coord_sq, mean_grad)]
+        sums.coord_sq = None
 
     return BatchStatistics(
         batch_size=b,
