@@ -102,10 +102,11 @@ def ddp(world: World) -> dict:
     by_hand = reduce_part_statistics(sums, mean_grad, world, "global", capture.kept)
     grad = torch.cat([p.grad.flatten() for p in model.parameters()])
     model.zero_grad(set_to_none=True)
-    _, stepped = gradient_with_part_statistics(wrapped, capture, micro_batches(tokens, world.rank, world.size),
-                                               summed_loss, BATCH, world)
+    loss, stepped = gradient_with_part_statistics(wrapped, capture, micro_batches(tokens, world.rank, world.size),
+                                                  summed_loss, BATCH, world)
     capture.detach()
-    return {"local": local, "by_hand": statistics_fields(by_hand), "step": statistics_fields(stepped), "grad": grad}
+    return {"local": local, "by_hand": statistics_fields(by_hand), "step": statistics_fields(stepped), "grad": grad,
+            "loss": loss}
 
 
 def fsdp(world: World) -> dict:
@@ -114,15 +115,15 @@ def fsdp(world: World) -> dict:
     tokens = global_batch()
     local, _ = local_capture(model, capture, world, tokens)
     model.zero_grad(set_to_none=True)
-    _, stepped = gradient_with_part_statistics(model, capture, micro_batches(tokens, world.rank, world.size),
-                                               summed_loss, BATCH, world)
+    loss, stepped = gradient_with_part_statistics(model, capture, micro_batches(tokens, world.rank, world.size),
+                                                  summed_loss, BATCH, world)
     grad = torch.cat([p.grad.full_tensor().flatten() for p in model.parameters()])  # for the test only
     refused = ""
     try:
         PartCapture(model, Needs(coordinates=True))
     except ValueError as error:
         refused = str(error)
-    return {"local": local, "step": statistics_fields(stepped), "grad": grad, "refused": refused}
+    return {"local": local, "step": statistics_fields(stepped), "grad": grad, "refused": refused, "loss": loss}
 
 
 def full_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict:

@@ -359,6 +359,18 @@ def test_series_join_constant_batches_by_b_and_norm_tests_by_eta(tmp_path):
     assert [s.label for s in series][1:3] == ["adagrad, constant batch size b", "adagrad (norm test), by η"]
 
 
+
+def test_series_of_a_learning_rate_grid_are_told_apart_by_the_rate(tmp_path):
+    for lr in (0.002, 0.008):
+        for b in (10, 40):
+            accuracy_run(tmp_path / f"lr{lr}-b{b}", [(0, 0.1), (4, 0.8)], optimizer={"name": "adagrad", "lr": lr},
+                         batch_size={"name": "constant", "initial": b, "max": b})
+    (experiment,) = group_runs(load_runs([tmp_path]))
+    series = frontier_series(experiment.methods)
+    assert sorted(s.label for s in series) == ["adagrad, constant batch size b (lr=0.002)",
+                                               "adagrad, constant batch size b (lr=0.008)"]
+    assert all([s.value(m) for m in s.methods] == [10, 40] for s in series)
+
 def test_frontier_figure_has_a_point_per_method_and_is_written(tmp_path):
     experiment = frontier_experiment(tmp_path)
     acc_ax, loss_ax = frontier_figure(experiment, "t").axes[:2]

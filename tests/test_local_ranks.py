@@ -29,6 +29,8 @@ def reference():
     model = new_model()
     params = list(model.parameters())
     parts, sizes, local_sq = [], [], []
+    with torch.no_grad():
+        loss = summed_loss(model, global_batch()) / BATCH
     for rank in range(WORLD):
         sq = torch.zeros(len(params), dtype=torch.float64)
         for part in micro_batches(global_batch(), rank, WORLD):
@@ -38,7 +40,7 @@ def reference():
             sizes.append(len(part))
             sq += len(part) * torch.stack([p.grad.pow(2).sum() for p in params])
         local_sq.append(sq)
-    return {"local_sq": local_sq, "sizes": sizes,
+    return {"local_sq": local_sq, "sizes": sizes, "loss": loss,
             "stats": definitions(parts, sizes, [p.numel() for p in params])}
 
 
@@ -73,6 +75,9 @@ def test_all_ranks_hold_the_statistics_of_the_global_batch_from_its_parts(parall
             assert_statistics(found["by_hand"], reference["stats"], with_inner_products)
         for key, value in found["step"].items():
             assert torch.equal(value, ranks[0][parallel]["step"][key])  # the ranks take the same decision
+        # the global batch's mean loss, summed over ranks in the statistics' own collective
+        torch.testing.assert_close(found["loss"], reference["loss"], rtol=1e-12, atol=0.0, check_dtype=False)
+        assert torch.equal(found["loss"], ranks[0][parallel]["loss"])
 
 
 def test_under_fsdp_the_tests_that_need_unsharded_copies_are_refused(ranks):

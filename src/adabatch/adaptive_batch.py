@@ -133,11 +133,12 @@ class AdaptiveBatch:
         """Leave the batch-mean gradient in .grad on every rank; return (the batch's mean loss, its
         statistics when `tested`, identical on every rank)."""
         max_micro = len(batch) if self.max_micro is None else self.max_micro
-        statistics = None
-        if tested and isinstance(self.engine, LocalStatistics):
+        if tested and isinstance(self.engine, LocalStatistics):  # the loss comes summed over ranks with the sums
             loss, statistics = self.engine.tested_step(self.step_model, data, batch, max_micro, self.policy.ip_mode,
                                                        self.autocast, self.world)
-        elif tested:
+            return loss.item(), statistics
+        statistics = None
+        if tested:
             policy = self.policy
             loss, statistics = gradient_with_statistics(
                 self.engine, data, batch, max_micro, policy.needs, policy.ip_mode, self.autocast, self.world

@@ -6,7 +6,7 @@ layer's weight gradient in a plain step.
     .venv/bin/python -m adabatch_bench.profiler --model vit --engine ghost_measured   # forms timed in the warm-up
 
 The models and inputs are `adabatch_bench.bench`'s (the configs' models on random CIFAR-sized
-images). A plain step, a tested step and the ghost pass with every rule skipped (the forward and the
+images, the GPT on its 32 random windows). A plain step, a tested step and the ghost pass with every rule skipped (the forward and the
 activation gradients, which both steps compute) take turns for `--rounds` rounds after a warm-up; each
 time is the median over rounds. Per layer with parameters: the rule's time in its output-gradient hook
 (the layer's batch gradient and statistics, what replaces autograd's weight gradient in a ghost pass);
@@ -36,7 +36,8 @@ from adabatch.stats import build_engine, gradient_with_statistics
 from adabatch.stats.ghost import DenseRule, LayerCall
 from adabatch.stats.sums import GradientSums, Needs
 from adabatch.step import accumulate_gradient
-from adabatch_bench.bench import MODELS, TESTS, build_config_model, random_cifar
+from adabatch.tasks import task_of
+from adabatch_bench.bench import FIXED_SIZES, MODELS, TESTS, build_config_model, random_cifar, random_windows
 
 
 class LayerClock:
@@ -123,13 +124,16 @@ def main() -> None:
 
     device = torch.device("cpu")
     model = build_config_model(args.model)
-    engine = build_engine(args.engine, copy.deepcopy(model))
-    data = random_cifar(args.size, device)
+    if args.model in FIXED_SIZES:
+        args.size = FIXED_SIZES[args.model]
+    data = random_windows(model, args.size, device) if args.model == "gpt" else random_cifar(args.size, device)
+    loss = task_of(data.dataset).loss  # classification, or next-token over the GPT's windows
+    engine = build_engine(args.engine, copy.deepcopy(model), loss=loss)
     batch, needs = data.draw(args.size), shipped("batch_size", args.test).needs
     plain, tested, bare = [], [], []
     with LayerClock(engine) as clock:
         for round_ in range(1 + args.rounds):  # round 0 warms up
-            for step, times in ((lambda: accumulate_gradient(model, data, batch, args.size, None), plain),
+            for step, times in ((lambda: accumulate_gradient(model, data, batch, args.size, None, loss=loss), plain),
                                 (lambda: gradient_with_statistics(engine, data, batch, args.size, needs), tested),
                                 (lambda: activations_only(engine, data, batch, clock), bare)):
                 model.zero_grad(set_to_none=True)

@@ -86,12 +86,16 @@ def series_value(method: Method, kind: SeriesKind) -> float:
     return float(flatten(method.config)[kind.varied[0]])
 
 
-def family_key(method: Method, kind: SeriesKind) -> str:
-    """What a method shares with the other members of its series: its config without the varied keys."""
+def family_config(method: Method, kind: SeriesKind) -> dict[str, object]:
+    """What a method shares with the other members of its series: its flat config without the varied keys."""
     def shared(key: str) -> bool:
         return not is_ignored(key) and key not in kind.varied and key.split(".")[0] not in SERIES_IGNORED
 
-    return json.dumps({k: v for k, v in flatten(method.config).items() if shared(k)}, sort_keys=True, default=str)
+    return {k: v for k, v in flatten(method.config).items() if shared(k)}
+
+
+def family_key(method: Method, kind: SeriesKind) -> str:
+    return json.dumps(family_config(method, kind), sort_keys=True, default=str)
 
 
 def series_label(method: Method, kind: SeriesKind) -> str:
@@ -115,7 +119,26 @@ def frontier_series(methods: Sequence[Method]) -> list[Series]:
         else:
             ordered = sorted(members, key=lambda method: series_value(method, kind))
             series.append(Series(series_label(members[0], kind), ordered, kind.symbol))
-    return series
+    return told_apart(series)
+
+
+def told_apart(series: list[Series]) -> list[Series]:
+    """Series that would share a label get the settings in which their families differ appended to it, as
+    "(lr=0.002)": a learning-rate grid has one series of constant batches per learning rate."""
+    by_label: dict[str, list[int]] = {}
+    for index, one in enumerate(series):
+        if one.symbol is not None:
+            by_label.setdefault(one.label, []).append(index)
+    labelled = list(series)
+    for indices in by_label.values():
+        if len(indices) < 2:
+            continue
+        configs = [family_config(series[i].methods[0], kind_of(series[i].methods[0])) for i in indices]
+        keys = sorted(k for k in set().union(*configs) if len({str(c.get(k, "-")) for c in configs}) > 1)
+        for i, config in zip(indices, configs):
+            settings = ", ".join(f"{k.rsplit('.', 1)[-1]}={config.get(k, '-')}" for k in keys)
+            labelled[i] = Series(f"{series[i].label} ({settings})", series[i].methods, series[i].symbol)
+    return labelled
 
 
 def summary_values(runs: Sequence[Run], key: str) -> list[float]:

@@ -75,7 +75,7 @@ class LocalStatistics:
         world: World = SINGLE_PROCESS,
     ) -> tuple[torch.Tensor, BatchStatistics]:
         """Leave the batch-mean gradient in .grad (synchronized by `step_model`: DDP or FSDP2); return
-        (this rank's share of the mean loss, the global batch's statistics from all ranks' parts)."""
+        (the global batch's mean loss and statistics from all ranks' parts, identical on every rank)."""
         model = getattr(step_model, "_orig_mod", step_model)  # eager: the hooks see each backward's gradients
 
         def summed_loss(module: nn.Module, part: Batch) -> torch.Tensor:

@@ -17,6 +17,7 @@ from torch import nn
 from ..distributed import SINGLE_PROCESS, World
 from ..stats.local import part_statistics, reduce_part_statistics
 from ..stats.statistics import BatchStatistics
+from ..stats.sums import squared_norms
 from ..step import synchronized
 from .part_capture import PartCapture
 
@@ -31,8 +32,9 @@ def gradient_with_part_statistics(
     ip_mode: str = "global",
 ) -> tuple[torch.Tensor, BatchStatistics]:
     """Backpropagate Σ_i loss_i / b over this rank's `micro_batches` (each one part; len() of a micro-batch
-    is its number of examples) of a global batch of `batch_size` examples; return (this rank's share of
-    the mean loss, the global batch's statistics from all ranks' parts, identical on every rank)."""
+    is its number of examples) of a global batch of `batch_size` examples; return (the global batch's mean
+    loss and its statistics from all ranks' parts, both identical on every rank). The loss travels in
+    the statistics' collective: a tested step synchronizes the ranks as often as a plain one."""
     sums = capture.new_sums()
     capture.attach(sums)
     loss_scale = world.size / batch_size  # DDP and FSDP2 average over ranks: * 1 in one process
@@ -42,14 +44,16 @@ def gradient_with_part_statistics(
             loss = summed_loss(model, micro_batch)
             (loss * loss_scale).backward()
         loss_sum = loss_sum + loss.detach()
+    loss_sum = torch.as_tensor(loss_sum, dtype=torch.float64, device=sums.sq_norm.device).reshape(1)  # summed with the sums
     if capture.sharded:
-        world.sum_(sums.first_phase())
-        tensor_sq = torch.stack([local_shard(p.grad).double().pow(2).sum() if p.grad is not None
-                                 else torch.zeros((), dtype=torch.float64, device=p.device) for p in capture.params])
-        world.sum_([tensor_sq])
-        return loss_sum / batch_size, part_statistics(sums, tensor_sq=tensor_sq, ip_mode=ip_mode)
-    mean_grad = [torch.zeros_like(p) if p.grad is None else p.grad for p in capture.params]
-    return loss_sum / batch_size, reduce_part_statistics(sums, mean_grad, world, ip_mode, capture.kept)
+        tensor_sq = squared_norms([None if p.grad is None else local_shard(p.grad) for p in capture.params],
+                                  sums.sq_norm.device)  # this rank's shards: their sum is ||gbar^t||^2
+        world.sum_([*sums.first_phase(), tensor_sq, loss_sum])
+        statistics = part_statistics(sums, tensor_sq=tensor_sq, ip_mode=ip_mode)
+    else:
+        mean_grad = [torch.zeros_like(p) if p.grad is None else p.grad for p in capture.params]
+        statistics = reduce_part_statistics(sums, mean_grad, world, ip_mode, capture.kept, riders=[loss_sum])
+    return loss_sum[0] / batch_size, statistics
 
 
 def local_shard(tensor: torch.Tensor) -> torch.Tensor:

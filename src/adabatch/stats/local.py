@@ -27,7 +27,7 @@ import torch
 
 from ..distributed import SINGLE_PROCESS, World
 from .statistics import BatchStatistics, check_ip_mode, closing_statistics
-from .sums import Needs
+from .sums import Needs, squared_norms
 
 
 class PartSums:
@@ -68,7 +68,8 @@ class PartSums:
         """Add parameter tensor t of an opened part: g_m^t = scale · part_grad. With scale, a captured
         gradient contribution is used as it comes, with no scaled copy of it."""
         weight = size * scale * scale
-        self.sq_norm[t] += part_grad.pow(2).sum(dtype=torch.float64) * weight
+        norm = torch.linalg.vector_norm(part_grad, dtype=torch.float64)
+        self.sq_norm[t].addcmul_(norm, norm, value=weight)
         if self.coord_sq is not None:
             self.coord_sq[t].addcmul_(part_grad, part_grad, value=weight)
 
@@ -105,7 +106,7 @@ def part_statistics(sums: PartSums, mean_grad: list[torch.Tensor] | None = None,
     if tensor_sq is None:
         if mean_grad is None:
             raise ValueError("part_statistics needs the batch gradient: pass mean_grad, or tensor_sq where it is sharded")
-        tensor_sq = torch.stack([m.double().pow(2).sum() for m in mean_grad])
+        tensor_sq = squared_norms(mean_grad, sums.sq_norm.device)
     if sums.needs.inner_products and not sums.inner_products_added:
         raise ValueError("the inner-product tests need each part's gradient after the all-reduce (add_inner_products); "
                          "keep the part gradients, or use the norm test")
@@ -115,15 +116,18 @@ def part_statistics(sums: PartSums, mean_grad: list[torch.Tensor] | None = None,
 
 
 def reduce_part_statistics(sums: PartSums, mean_grad: list[torch.Tensor], world: World = SINGLE_PROCESS,
-                           ip_mode: str = "global", kept: list[tuple[int, list[torch.Tensor], float]] = ()) -> BatchStatistics:
+                           ip_mode: str = "global", kept: list[tuple[int, list[torch.Tensor], float]] = (),
+                           riders: list[torch.Tensor] = ()) -> BatchStatistics:
     """The statistics of the global batch, identical on every rank: all-reduce the first-phase sums,
     add the kept parts' inner products (`kept`: (size, part gradient, scale) per local part) with the
-    final ḡ, all-reduce those, and take the statistics. `mean_grad` is ḡ (DDP's averaged .grad)."""
+    final ḡ, all-reduce those, and take the statistics. `mean_grad` is ḡ (DDP's averaged .grad).
+    `riders`: more float64 tensors summed over ranks in the first phase's collective (the step's loss),
+    so that a tested step synchronizes the ranks no more often than a plain one."""
     local_parts = sums.parts
     if sums.needs.inner_products and len(kept) != local_parts:
         raise ValueError(f"the inner-product tests need every part's gradient after the all-reduce: {len(kept)} "
                          f"of this rank's {local_parts} parts were kept")
-    world.sum_(sums.first_phase())
+    world.sum_([*sums.first_phase(), *riders])
     if sums.needs.inner_products:
         for size, part_grad, scale in kept:
             sums.add_inner_products(size, part_grad, mean_grad, scale)

@@ -14,6 +14,14 @@ from dataclasses import dataclass
 import torch
 
 
+
+def squared_norms(tensors: list[torch.Tensor | None], device: torch.device | str = "cpu") -> torch.Tensor:
+    """float64 ||t||^2 of each tensor (0 for None), every element squared in float64: exact to float64
+    rounding for float32 tensors, where t.pow(2).sum(dtype=torch.float64) rounds each square to float32."""
+    zero = torch.zeros((), dtype=torch.float64, device=device)
+    return torch.stack([zero if t is None else torch.linalg.vector_norm(t, dtype=torch.float64) for t in tensors]).square_()
+
+
 @dataclass(frozen=True)
 class Needs:
     """Which sums a test needs beyond the norm test's."""
