@@ -13,7 +13,8 @@ the file is prose and is left alone. The blocks:
 - README.md `engine-choice`: engine=local against the per-example test, a sentence per experiment of
   results/local_study/, and its tested step's cost on 2 ranks from results/bench/ranks_cpu.csv.
 - docs/benchmarks.md `bench-summary`: the whole bench summary of `summary.block`, with the second run of
-  results/bench/repeat/ when there is one.
+  results/bench/repeat/ when there is one; `bench-gpt`: the GPT's row, every engine and test, from
+  results/bench/gpt/cpu.csv and its repeat.
 """
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ CPU_RESULTS = Path("results/cpu")
 BENCH_CSV = Path("results/bench/cpu.csv")
 LOCAL_STUDY = Path("results/local_study")
 RANKS_CSV = Path("results/bench/ranks_cpu.csv")
+GPT_CSV = Path("results/bench/gpt/cpu.csv")  # make bench-gpt
 
 
 @dataclass(frozen=True)
@@ -178,10 +180,36 @@ def bench_summary() -> str:
     return bench.block(BENCH_CSV)
 
 
+def read_csv(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def bench_gpt() -> str:
+    """The GPT's row of the bench (results/bench/gpt/, and its repeat run): every engine's ratio per test."""
+    first = read_csv(ROOT / GPT_CSV)
+    again_csv = ROOT / GPT_CSV.parent / "repeat" / GPT_CSV.name
+    again = {(r["engine"], r["test"]): r["time_ratio"] for r in read_csv(again_csv)} if again_csv.exists() else {}
+    engines = list(dict.fromkeys(r["engine"] for r in first if r["engine"] != "plain"))
+    cell = {(r["engine"], r["test"]): r["time_ratio"] for r in first}
+    plain = next(r for r in first if r["engine"] == "plain")
+    lines = [textwrap.fill(
+        f"The GPT of `kjv_gpt` at b = {plain['batch_size']} sequences, a plain step {float(plain['time_ms']):.0f} ms on "
+        f"{bench.machine((ROOT / GPT_CSV).with_suffix('.md'))} (`{GPT_CSV.with_suffix('.md').as_posix()}`). Each "
+        "cell: x plain step" + (", then the repeat run's (`repeat/`)" if again else "") + ":", 105), "",
+        "| test | " + " | ".join(engines) + " |", "|---|" + "---|" * len(engines)]
+    for test, label in bench.TEST_NAMES.items():
+        cells = [f"{cell[(e, test)]}x" + (f" / {again[(e, test)]}x" if (e, test) in again else "")
+                 if cell.get((e, test)) else "" for e in engines]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 BLOCKS = (
     Block(Path("README.md"), "results-cpu", "results/cpu/*/table.csv", results_cpu),
     Block(Path("README.md"), "bench-brief", BENCH_CSV.as_posix(), bench_brief),
     Block(Path("docs/benchmarks.md"), "bench-summary", BENCH_CSV.as_posix(), bench_summary),
+    Block(Path("docs/benchmarks.md"), "bench-gpt", GPT_CSV.as_posix(), bench_gpt),
     Block(Path("README.md"), "engine-choice", f"{LOCAL_STUDY.as_posix()}/*/local_study.csv and {RANKS_CSV.as_posix()}",
           engine_choice),
 )
