@@ -7,7 +7,7 @@ from typing import Protocol
 
 import torch
 
-from .sums import GradientSums, Needs
+from .sums import GradientSums, Needs, squared_norms
 
 
 class Sums(Protocol):
@@ -50,7 +50,7 @@ def batch_statistics(sums: GradientSums, ip_mode: str = "global",
     if b < 2:
         raise ValueError(f"the batch-size tests need at least 2 examples per batch, got {b}; raise batch_size.initial")
     mean_grad = sums.take_mean_gradient() if mean_grad is None else mean_grad
-    tensor_sq = torch.stack([m.pow(2).sum() for m in mean_grad])  # ||gbar^t||^2
+    tensor_sq = squared_norms(mean_grad)  # ||gbar^t||^2
     return closing_statistics(sums, b, b - 1, tensor_sq, mean_grad, ip_mode)
 
 

@@ -16,10 +16,13 @@ import torch
 
 
 def squared_norms(tensors: list[torch.Tensor | None], device: torch.device | str = "cpu") -> torch.Tensor:
-    """float64 ||t||^2 of each tensor (0 for None), every element squared in float64: exact to float64
-    rounding for float32 tensors, where t.pow(2).sum(dtype=torch.float64) rounds each square to float32."""
+    """float64 ||t||^2 of each tensor (0 for None), in one call over the list and every element squared in
+    float64: exact to float64 rounding for float32 tensors, where t.pow(2).sum(dtype=torch.float64) rounds
+    each square to float32."""
+    present = [t for t in tensors if t is not None]
+    norms = iter(torch.foreach.norm(present, dtype=torch.float64) if present else ())
     zero = torch.zeros((), dtype=torch.float64, device=device)
-    return torch.stack([zero if t is None else torch.linalg.vector_norm(t, dtype=torch.float64) for t in tensors]).square_()
+    return torch.stack([zero if t is None else next(norms) for t in tensors]).square_()
 
 
 @dataclass(frozen=True)
@@ -70,7 +73,8 @@ class GradientSums:
     def take_mean_gradient(self) -> list[torch.Tensor]:
         """gbar, divided in place from sum_i g_i (as large as the model in float64): the sums no longer
         hold sum_i g_i afterwards, so take it once, after the first phase."""
-        mean_grad, self.grad = [g.div_(self.count) for g in self.grad], None
+        mean_grad, self.grad = self.grad, None
+        torch.foreach.div_(mean_grad, self.count)
         return mean_grad
 
     def add_inner_products(self, per_example: list[torch.Tensor], mean_grad: list[torch.Tensor]) -> None:
