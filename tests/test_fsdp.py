@@ -62,6 +62,17 @@ def test_an_fsdp_run_follows_the_ddp_run(sharded, tmp_path):
     assert not list(sharded.glob(f"{SHARDED_PREFIX}*")) and not (sharded / CHECKPOINT_FILE).exists()
 
 
+def test_a_compiled_fsdp_run_follows_the_eager_one(tmp_path):
+    """train.compile compiles the sharded model, which takes the steps between tested ones."""
+    every_third = ("train.parallel=fsdp", "batch_size.interval=3", "train.samples=1200")
+    eager, compiled = (training(run(tmp_path / name, *every_third, f"train.compile={name == 'compiled'}"))
+                       for name in ("eager", "compiled"))
+    assert [r["batch_size"] for r in compiled] == [r["batch_size"] for r in eager]
+    assert sum(not r.get("tested") for r in compiled) >= 10  # steps the compiled model took
+    for a, b in zip(eager, compiled):
+        assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-5), a["step"]
+
+
 def test_a_killed_fsdp_run_resumes_to_the_uninterrupted_run_bit_for_bit(sharded, tmp_path):
     run_dir = tmp_path / "killed"
     process = launch(run_dir, "train.parallel=fsdp", start_new_session=True)
