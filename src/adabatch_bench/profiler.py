@@ -4,23 +4,23 @@ layer's weight gradient in a plain step.
     .venv/bin/python -m adabatch_bench.profiler --model cnn --test norm
     .venv/bin/python -m adabatch_bench.profiler --model resnet18 --test inner_product --size 128 --rounds 5
     .venv/bin/python -m adabatch_bench.profiler --model vit --engine ghost_measured   # forms timed in the warm-up
+    .venv/bin/python -m adabatch_bench.profiler --model gpt --test norm   # results/bench/gpt/profiler_norm.md
 
-The models and inputs are `adabatch_bench.bench`'s (the configs' models on random CIFAR-sized
-images, the GPT on its 32 random windows). A plain step, a tested step and the ghost pass with every rule skipped (the forward and the
-activation gradients, which both steps compute) take turns for `--rounds` rounds after a warm-up; each
-time is the median over rounds. Per layer with parameters: the rule's time in its output-gradient hook
-(the layer's batch gradient and statistics, what replaces autograd's weight gradient in a ghost pass);
-for a formed dense layer, its per-example gradients alone, formed chunk by chunk as the rule forms them
-but with no sums; the time of autograd's weight gradient alone (`weight_gradient` on the layer's own
-input and output gradient; none for normalization layers, whose rules form their small per-example
-gradients); and which form the rule took: "outer" (one position), "gram", "formed" (per-example
-gradients; "kept" for the inner products), and for a convolution, "grouped" or "patches" (formed),
-"offsets" or "patches" (gram: its input Gram matrices from shifted channel products or from patches).
-The rules are timed in their hooks, within the pass; forming alone and autograd's weight gradient after
-the rounds, on warm caches. The last line compares the two steps' work within the pass: what each takes
-beyond the skipped-rules pass, round by round.
-"""
-from __future__ import annotations
+The models and inputs are `adabatch_bench.bench`'s (the configs' models on random CIFAR-sized images,
+the GPT on its 32 random windows). A plain step, a tested step and the ghost pass with every rule
+skipped (the forward and the activation gradients, which both steps compute) take turns for `--rounds`
+rounds after a warm-up; each time is the median over rounds. Per layer with parameters: the rule's time
+in its output-gradient hook (the layer's batch gradient and statistics, what replaces autograd's weight
+gradient in a ghost pass); for a formed dense layer, its per-example gradients alone, formed chunk by
+chunk as the rule forms them but with no sums; the time of autograd's weight gradient alone
+(`weight_gradient` on the layer's own input and output gradient; none for normalization layers, whose
+rules form their small per-example gradients); and which form the rule took: "outer" (one position),
+"gram", "formed" (per-example gradients; "kept" for the inner products), and for a convolution,
+"grouped" or "patches" (formed), "offsets" or "patches" (gram: its input Gram matrices from shifted
+channel products or from patches). The rules are timed in their hooks, within the pass; forming alone
+and autograd's weight gradient after the rounds, on warm caches. The last line compares the two steps'
+work within the pass: what each takes beyond the skipped-rules pass, round by round. """ from __future__
+import annotations
 
 import argparse
 import copy

@@ -14,15 +14,14 @@ from dataclasses import dataclass
 import torch
 
 
-
 def squared_norms(tensors: list[torch.Tensor | None], device: torch.device | str = "cpu") -> torch.Tensor:
-    """float64 ||t||^2 of each tensor (0 for None), in one call over the list and every element squared in
-    float64: exact to float64 rounding for float32 tensors, where t.pow(2).sum(dtype=torch.float64) rounds
-    each square to float32."""
+    """float64 ||t||^2 of each tensor (0, on `device`, for None), in one call over the list and every element
+    squared in float64: exact to float64 rounding for float32 tensors, where t.pow(2).sum(dtype=torch.float64)
+    rounds each square to float32."""
     present = [t for t in tensors if t is not None]
     norms = iter(torch.foreach.norm(present, dtype=torch.float64) if present else ())
-    zero = torch.zeros((), dtype=torch.float64, device=device)
-    return torch.stack([zero if t is None else next(norms) for t in tensors]).square_()
+    return torch.stack([torch.zeros((), dtype=torch.float64, device=device) if t is None else next(norms)
+                        for t in tensors]).square_()
 
 
 @dataclass(frozen=True)
