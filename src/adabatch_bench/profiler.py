@@ -19,8 +19,9 @@ rules form their small per-example gradients); and which form the rule took: "ou
 "grouped" or "patches" (formed), "offsets" or "patches" (gram: its input Gram matrices from shifted
 channel products or from patches). The rules are timed in their hooks, within the pass; forming alone
 and autograd's weight gradient after the rounds, on warm caches. The last line compares the two steps'
-work within the pass: what each takes beyond the skipped-rules pass, round by round. """ from __future__
-import annotations
+work within the pass: what each takes beyond the skipped-rules pass, round by round.
+"""
+from __future__ import annotations
 
 import argparse
 import copy
