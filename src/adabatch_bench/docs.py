@@ -71,10 +71,14 @@ def headline_cell(headline: Headline, mean: str, spread: str) -> str:
     return f"{float(mean):.3f} ± {float(spread):.3f}" if spread else f"{float(mean):.3f}"
 
 
+def read_csv(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
 def results_table(experiment_dir: Path, labels: list[str], headline: Headline) -> str:
     """The experiment's own methods' rows of its table.csv, in the table's order."""
-    with open(experiment_dir / "table.csv", newline="") as f:
-        rows = [row for row in csv.DictReader(f) if row["method"] in labels]
+    rows = [row for row in read_csv(experiment_dir / "table.csv") if row["method"] in labels]
     final = headline.final_key
     title = f"final {headline.label}" + (" (%)" if headline.scale == 100 else "")
     lines = [f"| method | seeds | optimizer steps | mean batch size | {title} |", "|---|---|---|---|---|"]
@@ -85,8 +89,7 @@ def results_table(experiment_dir: Path, labels: list[str], headline: Headline) -
 
 def best_of(experiment_dir: Path, labels: list[str], headline: Headline) -> str:
     """The row of table.csv with the best mean final headline value among `labels`, as a phrase."""
-    with open(experiment_dir / "table.csv", newline="") as f:
-        rows = [r for r in csv.DictReader(f) if r["method"] in labels]
+    rows = [r for r in read_csv(experiment_dir / "table.csv") if r["method"] in labels]
     value = lambda r: float(r[f"{headline.final_key}_mean"])  # noqa: E731
     best = next(r for r in rows if value(r) == headline.best([value(r) for r in rows]))
     shown = f"{100 * value(best):.2f}%" if headline.scale == 100 else f"{value(best):.3f}"
@@ -140,8 +143,7 @@ def span(rows: list[dict], key: str, show: Callable[[float], str]) -> str:
 
 def study_phrase(study_csv: Path) -> str:
     """One experiment's local study in a sentence: the per-example run, then the range over the M of the parts'."""
-    with open(study_csv, newline="") as f:
-        exact, *local = list(csv.DictReader(f))
+    exact, *local = read_csv(study_csv)
     if "final_test_acc_mean" in exact:
         metric, name, shown = "final_test_acc_mean", "accuracy", lambda v: f"{100 * v:.2f}%"
     else:
@@ -159,13 +161,9 @@ def engine_choice() -> str:
     its cost on 2 ranks (results/bench/ranks_cpu.csv, with the repeat's ratios where there is one)."""
     said = [study_phrase(path) for path in sorted((ROOT / LOCAL_STUDY).glob("*/local_study.csv"))]
     if (ROOT / RANKS_CSV).exists():
-        with open(ROOT / RANKS_CSV, newline="") as f:
-            rows = list(csv.DictReader(f))
+        rows = read_csv(ROOT / RANKS_CSV)
         repeat_csv = ROOT / RANKS_CSV.parent / "repeat" / RANKS_CSV.name
-        again = {}
-        if repeat_csv.exists():
-            with open(repeat_csv, newline="") as f:
-                again = {r["experiment"]: r["time_ratio"] for r in csv.DictReader(f)}
+        again = {r["experiment"]: r["time_ratio"] for r in read_csv(repeat_csv)} if repeat_csv.exists() else {}
         costs = " and ".join(
             f"{float(r['time_ratio']):.2f}x" + (f" (repeat {float(again[r['experiment']]):.2f}x)" if r["experiment"] in again
                                                else "")
@@ -178,11 +176,6 @@ def engine_choice() -> str:
 
 def bench_summary() -> str:
     return bench.block(BENCH_CSV)
-
-
-def read_csv(path: Path) -> list[dict]:
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
 
 
 def bench_gpt() -> str:
