@@ -3,19 +3,10 @@ the value and what is allowed; exit code 2; no run directory left behind. Runs s
 Hydra entry point in this process, as `python src/train.py <overrides>` would."""
 from __future__ import annotations
 
-import importlib.util
-import logging
-import sys
-
 import pytest
-from helpers import ROOT
+from train_cli import refused, train
 
 from adabatch.validation import check_config
-
-spec = importlib.util.spec_from_file_location("train_cli", ROOT / "src" / "train.py")
-train_cli = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(train_cli)
-train_cli.main.__wrapped__.__module__ = "__main__"  # so Hydra finds configs/ next to src/, as when run as a script
 
 BAD_CONFIGS = {  # overrides: what the error line must say
     "batch_size.eta=0": "batch_size.eta=0 must be a number > 0",
@@ -109,29 +100,10 @@ BAD_CONFIGS = {  # overrides: what the error line must say
 }
 
 
-def run_cli(overrides: list[str], capsys) -> tuple[int, str]:
-    argv = sys.argv
-    sys.argv = ["train.py", *overrides]
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    try:
-        with pytest.raises(SystemExit) as exit_info:
-            train_cli.main()
-    finally:
-        sys.argv = argv
-        # Hydra pointed the root logger at the rejected run's train.log, whose directory is gone: a later
-        # test's first log line would fail to create it. A real process exits here.
-        for handler in root.handlers:
-            if handler not in handlers:
-                handler.close()
-        root.handlers[:], root.level = handlers, level
-    return exit_info.value.code, capsys.readouterr().err
-
-
 @pytest.mark.parametrize("overrides", BAD_CONFIGS)
 def test_a_bad_config_is_one_clear_line_with_exit_code_2_and_no_debris(overrides, tmp_path, capsys):
     device = [] if "device=" in overrides else ["device=cpu"]
-    code, stderr = run_cli([*overrides.split(), *device, f"hydra.run.dir={tmp_path / 'run'}"], capsys)
+    code, stderr = refused([*overrides.split(), *device, f"hydra.run.dir={tmp_path / 'run'}"], capsys)
     lines = stderr.strip().splitlines()
     assert code == 2 and len(lines) == 1, stderr
     assert lines[0].startswith("error: ") and BAD_CONFIGS[overrides] in lines[0], lines[0]
@@ -142,7 +114,7 @@ def test_a_rejected_config_leaves_an_earlier_run_untouched(tmp_path, capsys):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     (run_dir / "metrics.jsonl").write_text('{"kind": "train", "step": 1}\n')
-    code, _ = run_cli(["device=cpu", "batch_size.eta=0", f"hydra.run.dir={run_dir}"], capsys)
+    code, _ = refused(["device=cpu", "batch_size.eta=0", f"hydra.run.dir={run_dir}"], capsys)
     assert code == 2
     assert [p.name for p in run_dir.iterdir()] == ["metrics.jsonl"]
     assert (run_dir / "metrics.jsonl").read_text() == '{"kind": "train", "step": 1}\n'
@@ -156,16 +128,6 @@ def test_a_run_checks_its_config_once(tmp_path, monkeypatch):
     counted = lambda cfg, world: calls.append(world) or check_config(cfg, world)  # noqa: E731
     monkeypatch.setattr(loop, "check_config", counted)
     monkeypatch.setattr(experiment, "check_config", counted)
-    argv, root = sys.argv, logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    sys.argv = ["train.py", "device=cpu", "train.samples=16", "train.eval_every=16", "train.eval_train_examples=8",
-                "batch_size.initial=4", "batch_size.max=8", "train.save_model=false", f"hydra.run.dir={tmp_path / 'run'}"]
-    try:
-        train_cli.main()
-    finally:
-        sys.argv = argv
-        for handler in root.handlers:
-            if handler not in handlers:
-                handler.close()
-        root.handlers[:], root.level = handlers, level
+    train(["device=cpu", "train.samples=16", "train.eval_every=16", "train.eval_train_examples=8",
+           "batch_size.initial=4", "batch_size.max=8", "train.save_model=false", f"hydra.run.dir={tmp_path / 'run'}"])
     assert len(calls) == 1 and (tmp_path / "run" / "summary.json").exists()

@@ -1,16 +1,13 @@
 """dataset=text: byte tokens, non-overlapping windows, the last tenth as the validation split, windows drawn by
 the index stream like any examples, and bad inputs refused in one line with exit code 2 (src/train.py's
-Hydra entry point run in this process, as tests/test_bad_configs.py does)."""
+Hydra entry point run in this process: tests/train_cli.py)."""
 from __future__ import annotations
-
-import importlib.util
-import logging
-import sys
 
 import pytest
 import torch
 from helpers import ROOT, compose
 from omegaconf import OmegaConf
+from train_cli import refused
 
 from adabatch.data import ArrayDataset, TextDataset, TrainingData, check_text_model, evaluation_batches, text
 from adabatch.data.from_config import dataset_from_config
@@ -18,11 +15,6 @@ from adabatch.errors import ConfigError
 from adabatch.models import build_model
 from adabatch.models.gpt import gpt
 from adabatch.tasks import TASKS, task_of
-
-spec = importlib.util.spec_from_file_location("train_cli_text", ROOT / "src" / "train.py")
-train_cli = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(train_cli)
-train_cli.main.__wrapped__.__module__ = "__main__"  # so Hydra finds configs/ next to src/, as when run as a script
 
 
 def write(path, content: bytes):
@@ -122,23 +114,6 @@ def test_check_text_model_refuses_what_the_model_cannot_read(tmp_path, case, mes
     assert message in str(refused.value) and "\n" not in str(refused.value)
 
 
-def run_cli(overrides: list[str], capsys) -> tuple[int, str]:
-    argv = sys.argv
-    sys.argv = ["train.py", *overrides]
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    try:
-        with pytest.raises(SystemExit) as exit_info:
-            train_cli.main()
-    finally:
-        sys.argv = argv
-        for handler in root.handlers:  # Hydra's handler on the rejected run's train.log, whose directory is gone
-            if handler not in handlers:
-                handler.close()
-        root.handlers[:], root.level = handlers, level
-    return exit_info.value.code, capsys.readouterr().err
-
-
 LATIN1 = "Æsop's fables, naïve".encode("latin-1") * 50
 BAD_TEXT = {  # case: (file content or None for no file, extra overrides, what the line must say)
     "missing file": (None, [], "does not exist; point it at a UTF-8 text file"),
@@ -164,7 +139,7 @@ def test_bad_text_is_one_line_exit_2_and_nothing_written(case, tmp_path, capsys)
     model = extra if "model=cnn" in extra else ["model=gpt", "model.n_layer=1", "model.n_embd=8", "model.n_head=1", *extra]
     overrides = ["dataset=text", f"dataset.path={path}", f"data_dir={data_dir}", "device=cpu", *model,
                  f"hydra.run.dir={tmp_path / 'run'}"]
-    code, stderr = run_cli(overrides, capsys)
+    code, stderr = refused(overrides, capsys)
     lines = stderr.strip().splitlines()
     assert code == 2 and len(lines) == 1, stderr
     assert lines[0].startswith("error: ") and message in lines[0], lines[0]
@@ -183,7 +158,7 @@ def test_a_model_that_cannot_read_the_data_is_one_line_exit_2_and_nothing_writte
     path = tmp_path / "corpus.txt"
     path.write_bytes(b"in the beginning " * 200)
     text_file = [f"dataset.path={path}"] if "experiment=kjv_gpt" in overrides else []
-    code, stderr = run_cli([*overrides, *text_file, "device=cpu", f"hydra.run.dir={tmp_path / 'run'}"], capsys)
+    code, stderr = refused([*overrides, *text_file, "device=cpu", f"hydra.run.dir={tmp_path / 'run'}"], capsys)
     lines = stderr.strip().splitlines()
     assert code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus.txt"]
