@@ -193,7 +193,14 @@ reproduce-cpu: | suite-known $(SYNCED) $(if $(filter kjv_gpt,$(SUITE)),data-kjv,
 
 cpu-runs: $(CPU_RUN_TARGETS)
 
-.PHONY: suite-known
+## Where a suite stands (SUITE=<name>, as reproduce-cpu): each run done, part-way or not started, train time so far and to go
+suite-status: | suite-known $(SYNCED)
+	@$(PY) scripts/suite_status.py $(patsubst %/summary.json,%,$(suite_targets))
+
+suite_targets = $(if $(filter lr_study,$(SUITE)),$(LR_GRID_TARGETS) $(LR_RERUN_TARGETS),\
+  $(if $(SUITE),$(call run_targets,cpu,$(SUITE)),$(CPU_RUN_TARGETS)))
+
+.PHONY: suite-known suite-status
 suite-known:
 	@if [ -n "$(SUITE)" ] && ! echo " $(SUITES) " | grep -q " $(SUITE) "; then \
 	  echo "error: SUITE=$(SUITE) is unknown; choose one of $(SUITES) (or none: fashion_logistic and cpu_digits_cnn)" >&2; exit 2; fi
