@@ -128,8 +128,11 @@ cifar10_resnet50_RUNS := $(call BASELINES,sgdm) norm_test-sgdm
 cifar100_resnet50_RUNS := $(call BASELINES,sgdm) norm_test-sgdm augmented_test-sgdm
 cifar10_vit_RUNS := $(call BASELINES,adamw) norm_test-adamw augmented_test-adamw norm_test-adam
 
-run_targets = $(foreach e,$(2),$(foreach r,$($(e)_RUNS),$(foreach s,$(SEEDS),results/$(1)/runs/$(e)/$(r)/seed$(s)/summary.json)) \
-  $(foreach r,$($(e)_FRONTIER),$(foreach s,$(FRONTIER_SEEDS),results/$(1)/runs/$(e)/$(r)/seed$(s)/summary.json)))
+# Seed by seed (every method and frontier point of seed 0, then of seed 1, ...): a suite stopped part-way
+# has the first seeds of every method rather than every seed of the first methods.
+run_targets = $(foreach e,$(2),$(foreach s,$(sort $(SEEDS) $(FRONTIER_SEEDS)),\
+  $(foreach r,$(if $(filter $(s),$(SEEDS)),$($(e)_RUNS)) $(if $(filter $(s),$(FRONTIER_SEEDS)),$($(e)_FRONTIER)),\
+  results/$(1)/runs/$(e)/$(r)/seed$(s)/summary.json)))
 CPU_RUN_TARGETS := $(call run_targets,cpu,$(CPU_EXPERIMENTS))
 
 # The learning-rate study (SUITE=lr_study): on fashion_logistic with 5000 training examples held out, each
