@@ -8,7 +8,7 @@ the file is prose and is left alone. The blocks:
 
 - README.md `results-cpu`: per CPU experiment, its own methods (the plan most of its methods share;
   the frontier's extra points stay in frontier.md) with steps, mean batch size and final test accuracy
-  from results/cpu/<experiment>/table.csv.
+  from results/cpu/<experiment>/table.csv; and what each suite's runs took (their summaries' wall-clock).
 - README.md `bench-brief`: ghost's worst time and memory ratios per test, from results/bench/cpu.csv.
 - README.md `engine-choice`: engine=local against the per-example test, a sentence per experiment of
   results/local_study/, and its tested step's cost on 2 ranks from results/bench/ranks_cpu.csv.
@@ -35,6 +35,8 @@ from adabatch_bench import summary as bench
 CPU_RESULTS = Path("results/cpu")
 BENCH_CSV = Path("results/bench/cpu.csv")
 LOCAL_STUDY = Path("results/local_study")
+LR_STUDY = Path("results/lr_study")
+LR_STUDY_OF = "fashion_logistic"  # the experiment whose methods the learning-rate study tunes
 RANKS_CSV = Path("results/bench/ranks_cpu.csv")
 GPT_CSV = Path("results/bench/gpt/cpu.csv")  # make bench-gpt
 
@@ -112,11 +114,25 @@ def results_cpu() -> str:
                 + (", frontier included" if left_out else "") + f": with a test, {best_of(ROOT / folder, tested, headline)}; "
                 f"with a constant batch, {best_of(ROOT / folder, constant, headline)}.")
         more = f"; {left_out} more methods, frontier points and other tests, in `frontier.md`" if left_out else ""
-        parts += [f"**`{experiment.name}`** (`{folder.as_posix()}/`{more}):", "",
+        runs = [run for method in experiment.methods for run in method.runs]
+        study = lr_study_time() if experiment.name == LR_STUDY_OF else ""
+        parts += [f"**`{experiment.name}`** (`{folder.as_posix()}/`{more}; {suite_time(runs)}{study}):", "",
                   results_table(ROOT / folder, [m.label for m in own], headline), ""]
         if left_out:  # else the table above has every method
             parts += [textwrap.fill(best, 105), ""]
     return "\n".join(parts[:-1])
+
+
+def suite_time(runs: list) -> str:
+    """How long the runs took: their own wall-clock (evaluations included), summed, on one core."""
+    seconds = sum(run.summary["wall_time_s"] for run in runs)
+    return f"{len(runs)} runs, " + (f"{seconds / 3600:.1f} hours" if seconds >= 3600 else f"{seconds / 60:.0f} minutes")
+
+
+def lr_study_time() -> str:
+    runs = [run for experiment in group_runs(load_runs([ROOT / LR_STUDY / "runs"]))
+            for method in experiment.methods for run in method.runs]
+    return f"; its learning-rate study (`SUITE=lr_study`, `{LR_STUDY.as_posix()}/`): {suite_time(runs)}"
 
 
 def bench_brief() -> str:
@@ -199,7 +215,7 @@ def bench_gpt() -> str:
 
 
 BLOCKS = (
-    Block(Path("README.md"), "results-cpu", "results/cpu/*/table.csv", results_cpu),
+    Block(Path("README.md"), "results-cpu", f"{CPU_RESULTS.as_posix()}/*/table.csv and the runs' summaries", results_cpu),
     Block(Path("README.md"), "bench-brief", BENCH_CSV.as_posix(), bench_brief),
     Block(Path("docs/benchmarks.md"), "bench-summary", BENCH_CSV.as_posix(), bench_summary),
     Block(Path("docs/benchmarks.md"), "bench-gpt", GPT_CSV.as_posix(), bench_gpt),
