@@ -138,9 +138,11 @@ CPU_RUN_TARGETS := $(call run_targets,cpu,$(CPU_EXPERIMENTS))
 # The learning-rate study (SUITE=lr_study): on fashion_logistic with 5000 training examples held out, each
 # method of LR_METHODS at each of LR_GRID (8e-3 x 1/4 .. 64) with LR_SEEDS; scripts/choose_lr.py picks each
 # method's rate by final validation accuracy (never the test set) into LR_CHOSEN, which the reruns
-# (LR_RERUN_SEEDS, seeds the choice never saw) read.
-LR_METHODS := constant_small-adagrad/b0_128 constant_large-adagrad constant_small-adagrad/b0_60000 \
-  norm_test-adagrad norm_test-adagrad/eta_1 linear_ramp-adagrad
+# (LR_RERUN_SEEDS, seeds the choice never saw) read. Constant b = 16384 and 32768 sit between b = 4096 and
+# the full batch, where the norm test at eta = 0.1 lands (32768 takes about its number of steps).
+LR_METHODS := constant_small-adagrad/b0_128 constant_large-adagrad constant_small-adagrad/b0_16384 \
+  constant_small-adagrad/b0_32768 constant_small-adagrad/b0_60000 norm_test-adagrad norm_test-adagrad/eta_1 \
+  linear_ramp-adagrad
 LR_GRID := 0.002 0.008 0.032 0.128 0.512
 LR_SEEDS ?= 0 1
 LR_RERUN_SEEDS ?= 2 3 4

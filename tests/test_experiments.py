@@ -68,7 +68,7 @@ def test_frontier_runs_override_one_plan_key():
 
 def test_the_lr_study_grid_holds_out_5000_and_sweeps_five_rates_per_method():
     runs = planned_runs("lr-grid-runs")
-    assert len(runs) == 6 * 5 * 2 and len({tuple(r) for r in runs}) == 6 * 5 * 2
+    assert len(runs) == 8 * 5 * 2 and len({tuple(r) for r in runs}) == 8 * 5 * 2
     rates = set()
     for overrides in {tuple(r[:3] + r[4:]) for r in runs}:
         cfg = OmegaConf.to_container(compose(*overrides), resolve=True)

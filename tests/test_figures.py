@@ -371,6 +371,18 @@ def test_series_of_a_learning_rate_grid_are_told_apart_by_the_rate(tmp_path):
                                                "adagrad, constant batch size b (lr=0.008)"]
     assert all([s.value(m) for m in s.methods] == [10, 40] for s in series)
 
+def test_records_written_before_a_key_existed_join_the_series_of_those_with_its_default(tmp_path):
+    """A learning-rate grid whose later runs' configs have train.parallel and batch_size.parts (added since):
+    one series of constant batches, as they are one kind of method."""
+    for b, later in ((10, False), (40, False), (20, True)):
+        extra = {"train__parallel": "ddp", "batch_size": {**CONSTANT, "initial": b, "max": b, "parts": 2}} if later \
+            else {"batch_size": {**CONSTANT, "initial": b, "max": b}}
+        accuracy_run(tmp_path / f"b{b}", [(0, 0.1), (4, 0.8)], **extra)
+    (experiment,) = group_runs(load_runs([tmp_path]))
+    (series,) = frontier_series(experiment.methods)
+    assert series.label == "adagrad, constant batch size b" and [series.value(m) for m in series.methods] == [10, 20, 40]
+
+
 def test_frontier_figure_has_a_point_per_method_and_is_written(tmp_path):
     experiment = frontier_experiment(tmp_path)
     acc_ax, loss_ax = frontier_figure(experiment, "t").axes[:2]

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from adabatch.config_keys import training_identity
 from .aggregate import Stat, seed_stat
 from .headline import ACCURACY, Headline, headline_of
 from .runs import Experiment, Method, Run, flatten, is_ignored
@@ -87,11 +88,13 @@ def series_value(method: Method, kind: SeriesKind) -> float:
 
 
 def family_config(method: Method, kind: SeriesKind) -> dict[str, object]:
-    """What a method shares with the other members of its series: its flat config without the varied keys."""
+    """What a method shares with the other members of its series: what it trains (as methods are told
+    apart: keys added since older records were written, at their default, do not count) without the
+    varied keys."""
     def shared(key: str) -> bool:
-        return not is_ignored(key) and key not in kind.varied and key.split(".")[0] not in SERIES_IGNORED
+        return key not in kind.varied and key.split(".")[0] not in SERIES_IGNORED
 
-    return {k: v for k, v in flatten(method.config).items() if shared(k)}
+    return {k: v for k, v in training_identity(flatten(method.config), is_ignored).items() if shared(k)}
 
 
 def family_key(method: Method, kind: SeriesKind) -> str:
