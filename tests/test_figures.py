@@ -164,8 +164,12 @@ def test_labels_name_what_differs_and_stay_distinct():
     assert method_labels([norm]) == ["adagrad norm"]
     assert method_labels([make_config(method="AdAdaGrad"), constant]) == ["AdAdaGrad", "constant"]
     assert method_labels([make_config(method="A"), make_config(method="A", optimizer__lr=0.1)]) == [
-        "A (adagrad lr=0.01)", "A (adagrad lr=0.1)",
+        "A (lr=0.01)", "A (lr=0.1)",
     ]
+    # A learning-rate grid: each shared label gets what tells its own configs apart, not what tells all apart.
+    grid = [make_config(method=f"b={b}", optimizer__lr=lr, batch_size__initial=b) for b in (4, 8) for lr in (0.01, 0.1)]
+    grid.append(make_config(method="Adam", optimizer={"name": "adam", "lr": 0.01}))
+    assert method_labels(grid) == ["b=4 (lr=0.01)", "b=4 (lr=0.1)", "b=8 (lr=0.01)", "b=8 (lr=0.1)", "Adam"]
 
 
 # ---- aggregation ------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ import itertools
 import json
 import math
 import statistics
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -28,6 +29,7 @@ PANEL_SIZE = (5.0, 4.2)  # inches per panel
 MIN_WIDTH = 8.0  # inches; room for the legend under a single panel
 LEGEND_COLUMN_WIDTH = 3.5  # inches per legend column, enough for a label of about 40 characters
 LABEL_CHARACTER_WIDTH = 0.075  # inches per character of a legend label, at the legend's font size
+TITLE_CHARACTER_WIDTH = 0.09  # inches per character of a figure's title, at its font size
 MAX_CURVE_SERIES = 8  # series a curve panel shows (tab10 keeps them distinct)
 MARKERS_UP_TO = 50  # points per line; sparser test records get markers so single points show
 BAND_NOTE = (
@@ -143,6 +145,11 @@ def powers_of_two_axis(ax: Axes) -> None:
     ax.yaxis.set_minor_formatter(NullFormatter())
 
 
+def set_title(fig: Figure, text: str) -> None:
+    """The figure's title, on as many lines as its width needs (a one-panel figure is narrow)."""
+    fig.suptitle(textwrap.fill(text, max(40, int(fig.get_figwidth() / TITLE_CHARACTER_WIDTH))))
+
+
 def add_legend(fig: Figure, handles: list, labels: list[str], title: str) -> None:
     rows = math.ceil(len(labels) / legend_columns(fig.get_figwidth(), labels))
     ncols = math.ceil(len(labels) / rows)  # balanced columns, filled top to bottom
@@ -186,7 +193,7 @@ def curves_figure(experiment: Experiment, axis: Axis, colors: dict[str, tuple], 
         else:
             ax.set_xlim(left=0)
         ax.grid(alpha=0.3)
-    fig.suptitle(f"{title}: against {axis.label}")
+    set_title(fig, f"{title}: against {axis.label}")
     add_legend(fig, handles, labels, BAND_NOTE)
     return fig
 
@@ -294,7 +301,7 @@ def frontier_figure(experiment: Experiment, title: str) -> Figure:
         ax.set_xlabel(STEPS.label)
         ax.grid(alpha=0.3)
     compared = "accuracy" if headline.key == "test_acc" else "validation loss"
-    fig.suptitle(f"{title}: final {compared} and training loss against optimizer steps")
+    set_title(fig, f"{title}: final {compared} and training loss against optimizer steps")
     add_legend(fig, handles, labels, FRONTIER_NOTE)
     fig.draw_without_rendering()  # lays the figure out: labels are placed where the points finally are
     for ax, key in zip(axes, panels):
@@ -347,7 +354,7 @@ def statistic_figure(experiment: Experiment, colors: dict[str, tuple], title: st
         Line2D([], [], color="0.3", linestyle="--", marker="o", markersize=4, markerfacecolor="none"),
     ]
     labels = [*tested, "left side (variance / b)", "right side (threshold)"]
-    fig.suptitle(f"{title}: adaptive test at each tested step")
+    set_title(fig, f"{title}: adaptive test at each tested step")
     add_legend(fig, handles, labels, "one line per seed; the test holds where solid ≤ dashed")
     return fig
 

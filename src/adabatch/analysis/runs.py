@@ -235,7 +235,8 @@ def distinguishing_keys(flats: list[dict[str, Any]]) -> list[list[str]]:
 
 def method_labels(configs: list[dict[str, Any]]) -> list[str]:
     """One distinct label per config: `method` when set, else what differs from the other configs,
-    else `optimizer.name batch_size.name`. Repeated labels get the differing keys, then a number."""
+    else `optimizer.name batch_size.name`. A label that several configs share gets the keys that tell those
+    configs apart, then a number."""
     flats = [flatten(config) for config in configs]
     fallback_keys = ["optimizer.name", "batch_size.name"]
     described = [
@@ -243,11 +244,16 @@ def method_labels(configs: list[dict[str, Any]]) -> list[str]:
         for flat, keys in zip(flats, distinguishing_keys(flats))
     ]
     labels = [str(config["method"]) if config.get("method") else text for config, text in zip(configs, described)]
-    counts = Counter(labels)
-    labels = [
-        f"{label} ({text})" if counts[label] > 1 and text != label else label
-        for label, text in zip(labels, described)
-    ]
+    for label, count in Counter(labels).items():
+        if count < 2:
+            continue
+        # a label that several configs share gets what tells those configs apart (not all of them)
+        indices = [i for i, other in enumerate(labels) if other == label]
+        shared_names = {key for key in flats[indices[0]] if key.endswith(".name")
+                        and len({json.dumps(flats[i].get(key), default=str) for i in indices}) == 1}
+        for i, keys in zip(indices, distinguishing_keys([flats[i] for i in indices])):
+            text = describe(flats[i], [key for key in keys if key not in shared_names])
+            labels[i] = f"{label} ({text})" if text and text != label else label
     counts, seen = Counter(labels), Counter()
     unique = []
     for label in labels:
