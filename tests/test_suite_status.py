@@ -1,6 +1,6 @@
-"""make suite-status: each run of a suite done, part-way (read from its records) or not started, with the
-train time so far and an estimate of the time to go. The runs are real: one trained to the end, one
-stopped by SIGTERM part-way (as `kill` or a session's end leaves it)."""
+"""make suite-status: each run of a suite done, part-way (read from its records and checkpoint) or not
+started, with the train time so far and an estimate of the time to go. The runs are real: trained to the
+end, stopped by SIGTERM part-way (as `kill` or a session's end leaves it), or killed mid-checkpoint."""
 from __future__ import annotations
 
 import os
@@ -11,6 +11,7 @@ import pytest
 from helpers import ROOT, compose
 
 from adabatch.analysis.suite_status import DONE, NOT_STARTED, PART_WAY, remaining_s, report, suite_states
+from adabatch.run.checkpoint import load_checkpoint
 from adabatch.run.loop import train
 from adabatch.run.preemption import PREEMPTED_EXIT_CODE
 from adabatch.run.records import read_metrics, read_summary
@@ -43,6 +44,24 @@ def test_a_suite_lists_each_run_done_part_way_or_not_started(tmp_path):
     assert lines[0].startswith("3 runs: 1 done, 1 part-way, 1 not started; train time so far")
     assert [line.split()[0] for line in lines[1:]] == ["done", "part-way", "not"]
     assert f"{100 * fraction:5.1f}%" in lines[2]
+
+
+def test_a_run_whose_records_are_sparse_is_as_far_as_its_checkpoint(tmp_path):
+    """A constant batch records its untested steps every train.log_every steps: a run killed while writing
+    its 4th checkpoint has a record of step 1 only, and its 3rd checkpoint (step 3) says how far it got."""
+    run_dir = tmp_path / "constant-adagrad" / "seed0"
+    overrides = ["experiment=quickstart", "device=cpu", "batch_size=constant", "batch_size.initial=16",
+                 "train.samples=320", "train.log_every=1000", "train.checkpoint_every=16", "train.eval_every=320",
+                 "train.eval_train_examples=64"]
+    command = [sys.executable, "tests/interrupt_worker.py", str(run_dir), "mid-checkpoint", "4", *overrides]
+    ran = subprocess.run(command, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, timeout=300)
+    assert ran.returncode == -9, ran.stderr.decode()[-2000:]  # SIGKILL
+
+    assert [r["step"] for r in read_metrics(run_dir, "train")] == [1]
+    (state,) = suite_states([run_dir])
+    checkpoint = load_checkpoint(run_dir)
+    assert (state.state, state.samples, state.train_s) == (PART_WAY, 48, checkpoint["loop"]["train_time"])
+    assert checkpoint["experiment"]["adaptive"]["steps"] == 3 and state.fraction == 48 / 320
 
 
 def test_the_listing_needs_run_directories():

@@ -1,5 +1,5 @@
 """Where a suite of runs stands (`make suite-status SUITE=<name>`): each run done, part-way (how far, from
-its records) or not started, the train time it has taken, and a rough estimate of what is left, so that a
+its records or its checkpoint) or not started, the train time it has taken, and a rough estimate of what is left, so that a
 suite of many core-hours can be planned around."""
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from pathlib import Path
 import yaml
 
 from .headline import headline_of
+from adabatch.run.checkpoint import CHECKPOINT_FILE, load_checkpoint
 from adabatch.run.records import CONFIG_FILE, METRICS_FILE, PACKED_METRICS_FILE, SUMMARY_FILE, read_metrics, read_summary
 
 DONE, STOPPED, PART_WAY, NOT_STARTED = "done", "stopped", "part-way", "not started"
@@ -21,7 +22,7 @@ DONE, STOPPED, PART_WAY, NOT_STARTED = "done", "stopped", "part-way", "not start
 class RunState:
     run_id: str
     state: str  # DONE (completed), STOPPED (a summary with another status: diverged), PART_WAY, NOT_STARTED
-    samples: int  # trained so far
+    samples: int  # trained so far: the last train record's, or the checkpoint's when that is further on
     budget: int | None  # the config's train.samples (None before the run has written its config)
     train_s: float  # train time so far (the records' clock: evaluations and checkpoints not included)
     final: str = ""  # a finished run's last evaluation, as its summary gives it
@@ -42,11 +43,14 @@ def run_state(run_dir: Path, run_id: str) -> RunState:
                         final if state == DONE else str(summary.get("status")))
     if not any((run_dir / name).is_file() for name in (METRICS_FILE, PACKED_METRICS_FILE)):
         return RunState(run_id, NOT_STARTED, 0, budget_of(run_dir), 0.0)
-    last = None
-    for last in read_metrics(run_dir, "train"):
-        pass
-    return RunState(run_id, PART_WAY, last["samples"] if last else 0, budget_of(run_dir),
-                    last["time_s"] if last else 0.0)
+    samples, train_s = 0, 0.0
+    for record in read_metrics(run_dir, "train"):
+        samples, train_s = record["samples"], record["time_s"]
+    if (run_dir / CHECKPOINT_FILE).is_file():  # ahead of the records where untested steps are logged sparsely
+        state = load_checkpoint(run_dir, mmap=True)
+        if state["experiment"]["adaptive"]["samples"] >= samples:
+            samples, train_s = state["experiment"]["adaptive"]["samples"], state["loop"].get("train_time", train_s)
+    return RunState(run_id, PART_WAY, samples, budget_of(run_dir), train_s)
 
 
 def budget_of(run_dir: Path) -> int | None:

@@ -43,8 +43,9 @@ def save_checkpoint(run_dir: Path, state: dict[str, Any]) -> None:
     write_atomic(run_dir / CHECKPOINT_FILE, lambda f: torch.save({"format": FORMAT, **state}, f))
 
 
-def load_checkpoint(run_dir: Path) -> dict[str, Any]:
-    state = torch.load(run_dir / CHECKPOINT_FILE, map_location="cpu", weights_only=False)
+def load_checkpoint(run_dir: Path, mmap: bool = False) -> dict[str, Any]:
+    """The run's checkpoint in this code's format; `mmap`: its tensors mapped, not read (to read the counters)."""
+    state = torch.load(run_dir / CHECKPOINT_FILE, map_location="cpu", weights_only=False, mmap=mmap)
     if state.get("format") == 1:
         state = from_format_1(state)
     if state.get("format") != FORMAT:
