@@ -1,6 +1,6 @@
 """Where a suite of runs stands (`make suite-status SUITE=<name>`): each run done, part-way (how far, from
-its records or its checkpoint) or not started, the train time it has taken, and a rough estimate of what is left, so that a
-suite of many core-hours can be planned around."""
+its records or its checkpoint) or not started, the train time it has taken, and a rough estimate of what
+is left, so that a suite of many core-hours can be planned around."""
 from __future__ import annotations
 
 import os
