@@ -15,6 +15,7 @@ from adabatch.models import build_model, make_norm, register_opacus_samplers
 
 MODELS = shipped_names("model")
 from adabatch.models.vit import TokenEmbedding, _token_embedding_grad_sample
+from adabatch_bench.pool_order import relu_before_pool
 
 TINY = {
     "logistic": {},
@@ -209,3 +210,20 @@ def test_building_models_does_not_import_opacus():
         "assert 'opacus' not in sys.modules\n"
     )
     subprocess.run([sys.executable, "-c", script], check=True)
+
+
+
+@pytest.mark.parametrize("shape", [(1, 28, 28), (3, 16, 16)])
+def test_cnn_pools_before_its_relu_with_the_same_values_and_gradients(shape):
+    torch.manual_seed(0)
+    model = build_model("cnn", shape, NUM_CLASSES)
+    textbook = relu_before_pool(model)
+    assert [type(m) for m in textbook] != [type(m) for m in model]
+    images = torch.randn(8, *shape).clamp_min(0)
+    images[..., : shape[1] // 2, :] = 0  # blank rows: their windows tie at relu(bias), or all at 0
+    labels = torch.randint(0, NUM_CLASSES, (8,))
+    results = []
+    for candidate in (model, textbook):
+        loss = F.cross_entropy(candidate(images), labels)
+        results.append([loss, *torch.autograd.grad(loss, list(candidate.parameters()))])
+    assert all(torch.equal(ours, theirs) for ours, theirs in zip(*results))
