@@ -17,7 +17,8 @@ def cnn(input_shape: tuple[int, int, int], num_classes: int) -> nn.Sequential:
 
 
 def mnist_cnn(height: int, width: int, num_classes: int) -> nn.Sequential:
-    """Two 5x5 conv + max-pool blocks (16, 32 channels) and a linear classifier."""
+    """The paper's MNIST CNN: two 5x5 conv, ReLU, max-pool blocks (16, 32 channels; `conv_block`) and a linear
+    classifier."""
     features = 32 * (height // 4) * (width // 4)  # two floor-halvings by max-pool
     return nn.Sequential(
         *conv_block(1, 16, kernel_size=5),
