@@ -212,7 +212,6 @@ def test_building_models_does_not_import_opacus():
     subprocess.run([sys.executable, "-c", script], check=True)
 
 
-
 @pytest.mark.parametrize("shape", [(1, 28, 28), (3, 16, 16)])
 def test_cnn_pools_before_its_relu_with_the_same_values_and_gradients(shape):
     torch.manual_seed(0)
