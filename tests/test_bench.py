@@ -108,6 +108,8 @@ def test_the_readme_and_docs_quote_the_committed_tables():
         row = next(r for r in csv.DictReader(f) if r["method"] == "AdAdaGrad (norm test, η=0.1)")
     assert f"| {row['method']} | 3 | {float(row['steps_mean']):,.0f} |" in readme
     assert f"{100 * float(row['final_test_acc_mean']):.2f} ± " in readme
+    stand_in = readme[readme.index("**`cpu_digits_cnn`**"):]  # a sentence, its table left to table.md
+    assert stand_in.index("**`kjv_gpt`**") < stand_in.index("| method |") and "Best final accuracy" in stand_in
     with open(ROOT / "results/bench/cpu.csv", newline="") as f:
         ghost = [r for r in csv.DictReader(f) if r["engine"] == "ghost" and r["test"] == "norm" and r["batch_size"] == "128"]
     worst = max(ghost, key=lambda r: float(r["time_ratio"]))

@@ -8,7 +8,8 @@ the file is prose and is left alone. The blocks:
 
 - README.md `results-cpu`: per CPU experiment, its own methods (the plan most of its methods share;
   the frontier's extra points stay in frontier.md) with steps, mean batch size and final test accuracy
-  from results/cpu/<experiment>/table.csv; and what each suite's runs took (their summaries' wall-clock).
+  from results/cpu/<experiment>/table.csv, or for a small stand-in (STAND_INS) only its best methods;
+  and what each suite's runs took (their summaries' wall-clock).
 - README.md `bench-brief`: ghost's worst time and memory ratios per test, from results/bench/cpu.csv.
 - README.md `engine-choice`: engine=local against the per-example test, a sentence per experiment of
   results/local_study/, and its tested step's cost on 2 ranks from results/bench/ranks_cpu.csv.
@@ -37,6 +38,8 @@ BENCH_CSV = Path("results/bench/cpu.csv")
 LOCAL_STUDY = Path("results/local_study")
 LR_STUDY = Path("results/lr_study")
 LR_STUDY_OF = "fashion_logistic"  # the experiment whose methods the learning-rate study tunes
+# Small stand-ins for a paper row that also runs at full scale: the README gives them a sentence, not a table.
+STAND_INS = {"cpu_digits_cnn": "the CNN row's stand-in on the 8×8 digits"}
 RANKS_CSV = Path("results/bench/ranks_cpu.csv")
 GPT_CSV = Path("results/bench/gpt/cpu.csv")  # make bench-gpt
 
@@ -116,6 +119,11 @@ def results_cpu() -> str:
         more = f"; {left_out} more methods, frontier points and other tests, in `frontier.md`" if left_out else ""
         runs = [run for method in experiment.methods for run in method.runs]
         study = lr_study_time() if experiment.name == LR_STUDY_OF else ""
+        if experiment.name in STAND_INS:
+            brief = (f"**`{experiment.name}`**, {STAND_INS[experiment.name]} (`{folder.as_posix()}/table.md`; "
+                     f"{suite_time(runs)}). {best}")
+            parts += [textwrap.fill(brief, 105), ""]
+            continue
         parts += [f"**`{experiment.name}`** (`{folder.as_posix()}/`{more}; {suite_time(runs)}{study}):", "",
                   results_table(ROOT / folder, [m.label for m in own], headline), ""]
         if left_out:  # else the table above has every method
