@@ -65,13 +65,6 @@ bench-repeat: $(SYNCED)
 	$(PY) -m adabatch_bench.bench --out results/bench/repeat $(ARGS)
 	$(PY) -m adabatch_bench.docs
 
-## The GPT's row (kjv_gpt's model, 32 windows), twice: results/bench/gpt/cpu.md and repeat/, then docs/benchmarks.md
-.PHONY: bench-gpt
-bench-gpt: $(SYNCED)
-	$(PY) -m adabatch_bench.bench --models gpt --out results/bench/gpt $(ARGS)
-	$(PY) -m adabatch_bench.bench --models gpt --out results/bench/gpt/repeat $(ARGS)
-	$(PY) -m adabatch_bench.docs
-
 ## engine=local's tested step against a plain DDP step on 2 ranks, twice: results/bench/ranks_cpu.md and repeat/
 .PHONY: bench-ranks
 bench-ranks: $(SYNCED) | data-kjv

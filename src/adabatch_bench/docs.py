@@ -14,8 +14,7 @@ the file is prose and is left alone. The blocks:
 - README.md `engine-choice`: engine=local against the per-example test, a sentence per experiment of
   results/local_study/, and its tested step's cost on 2 ranks from results/bench/ranks_cpu.csv.
 - docs/benchmarks.md `bench-summary`: the whole bench summary of `summary.block`, with the second run of
-  results/bench/repeat/ when there is one; `bench-gpt`: the GPT's row, every engine and test, from
-  results/bench/gpt/cpu.csv and its repeat.
+  results/bench/repeat/ when there is one; `bench-gpt`: the GPT's rows of both runs, every engine and test.
 """
 from __future__ import annotations
 
@@ -41,7 +40,6 @@ LR_STUDY_OF = "fashion_logistic"  # the experiment whose methods the learning-ra
 # Small stand-ins for a paper row that also runs at full scale: the README gives them a sentence, not a table.
 STAND_INS = {"cpu_digits_cnn": "the CNN row's stand-in on the 8×8 digits"}
 RANKS_CSV = Path("results/bench/ranks_cpu.csv")
-GPT_CSV = Path("results/bench/gpt/cpu.csv")  # make bench-gpt
 
 
 @dataclass(frozen=True)
@@ -203,16 +201,17 @@ def bench_summary() -> str:
 
 
 def bench_gpt() -> str:
-    """The GPT's row of the bench (results/bench/gpt/, and its repeat run): every engine's ratio per test."""
-    first = read_csv(ROOT / GPT_CSV)
-    again_csv = ROOT / GPT_CSV.parent / "repeat" / GPT_CSV.name
-    again = {(r["engine"], r["test"]): r["time_ratio"] for r in read_csv(again_csv)} if again_csv.exists() else {}
+    """The GPT's rows of the bench (results/bench/cpu.csv, and its repeat run): every engine's ratio per test."""
+    first = [r for r in read_csv(ROOT / BENCH_CSV) if r["model"] == "gpt"]
+    again_csv = ROOT / BENCH_CSV.parent / "repeat" / BENCH_CSV.name
+    again = ({(r["engine"], r["test"]): r["time_ratio"] for r in read_csv(again_csv) if r["model"] == "gpt"}
+             if again_csv.exists() else {})
     engines = list(dict.fromkeys(r["engine"] for r in first if r["engine"] != "plain"))
     cell = {(r["engine"], r["test"]): r["time_ratio"] for r in first}
     plain = next(r for r in first if r["engine"] == "plain")
     lines = [textwrap.fill(
         f"The GPT of `kjv_gpt` at b = {plain['batch_size']} sequences, a plain step {float(plain['time_ms']):.0f} ms on "
-        f"{bench.machine((ROOT / GPT_CSV).with_suffix('.md'))} (`{GPT_CSV.with_suffix('.md').as_posix()}`). Each "
+        f"{bench.machine((ROOT / BENCH_CSV).with_suffix('.md'))} (`{BENCH_CSV.with_suffix('.md').as_posix()}`). Each "
         "cell: x plain step" + (", then the repeat run's (`repeat/`)" if again else "") + ":", 105), "",
         "| test | " + " | ".join(engines) + " |", "|---|" + "---|" * len(engines)]
     for test, label in bench.TEST_NAMES.items():
@@ -226,7 +225,7 @@ BLOCKS = (
     Block(Path("README.md"), "results-cpu", f"{CPU_RESULTS.as_posix()}/*/table.csv and the runs' summaries", results_cpu),
     Block(Path("README.md"), "bench-brief", BENCH_CSV.as_posix(), bench_brief),
     Block(Path("docs/benchmarks.md"), "bench-summary", BENCH_CSV.as_posix(), bench_summary),
-    Block(Path("docs/benchmarks.md"), "bench-gpt", GPT_CSV.as_posix(), bench_gpt),
+    Block(Path("docs/benchmarks.md"), "bench-gpt", BENCH_CSV.as_posix(), bench_gpt),
     Block(Path("README.md"), "engine-choice", f"{LOCAL_STUDY.as_posix()}/*/local_study.csv and {RANKS_CSV.as_posix()}",
           engine_choice),
 )
