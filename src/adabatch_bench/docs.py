@@ -114,14 +114,14 @@ def results_cpu() -> str:
         best = (f"Best final {headline.label.removeprefix('test ')} of all {len(experiment.methods)} methods"
                 + (", frontier included" if left_out else "") + f": with a test, {best_of(ROOT / folder, tested, headline)}; "
                 f"with a constant batch, {best_of(ROOT / folder, constant, headline)}.")
-        more = f"; {left_out} more methods, frontier points and other tests, in `frontier.md`" if left_out else ""
         runs = [run for method in experiment.methods for run in method.runs]
-        study = lr_study_time() if experiment.name == LR_STUDY_OF else ""
         if experiment.name in STAND_INS:
             brief = (f"**`{experiment.name}`**, {STAND_INS[experiment.name]} (`{folder.as_posix()}/table.md`; "
                      f"{suite_time(runs)}). {best}")
             parts += [textwrap.fill(brief, 105), ""]
             continue
+        more = f"; {left_out} more methods, frontier points and other tests, in `frontier.md`" if left_out else ""
+        study = lr_study_time() if experiment.name == LR_STUDY_OF else ""
         parts += [f"**`{experiment.name}`** (`{folder.as_posix()}/`{more}; {suite_time(runs)}{study}):", "",
                   results_table(ROOT / folder, [m.label for m in own], headline), ""]
         if left_out:  # else the table above has every method
