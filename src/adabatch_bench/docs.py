@@ -8,11 +8,12 @@ the file is prose and is left alone. The blocks:
 
 - README.md `results-cpu`: per CPU experiment, its own methods (the plan most of its methods share;
   the frontier's extra points stay in frontier.md) with steps, mean batch size and final test accuracy
-  from results/cpu/<experiment>/table.csv, or for a small stand-in (STAND_INS) only its best methods;
-  and what each suite's runs took (their summaries' wall-clock).
+  from results/cpu/<experiment>/table.csv, or for a small stand-in (STAND_INS) only its best methods
+  until its full-scale row has records; and what each suite's runs took (their summaries' wall-clock).
 - README.md `bench-brief`: ghost's worst time and memory ratios per test, from results/bench/cpu.csv.
-- README.md `engine-choice`: engine=local against the per-example test, a sentence per experiment of
-  results/local_study/, and its tested step's cost on 2 ranks from results/bench/ranks_cpu.csv.
+- README.md `engine-choice`: engine=local against the per-example test in one sentence over the
+  experiments of results/local_study/, and its tested step's cost on 2 ranks from results/bench/ranks_cpu.csv;
+  docs/local-gradients.md `local-study`: a sentence per experiment, with its final metrics.
 - docs/benchmarks.md `bench-summary`: the whole bench summary of `summary.block`, with the second run of
   results/bench/repeat/ when there is one; `bench-gpt`: the GPT's rows of both runs, every engine and test.
 """
@@ -37,8 +38,9 @@ BENCH_CSV = Path("results/bench/cpu.csv")
 LOCAL_STUDY = Path("results/local_study")
 LR_STUDY = Path("results/lr_study")
 LR_STUDY_OF = "fashion_logistic"  # the experiment whose methods the learning-rate study tunes
-# Small stand-ins for a paper row that also runs at full scale: the README gives them a sentence, not a table.
-STAND_INS = {"cpu_digits_cnn": "the CNN row's stand-in on the 8×8 digits"}
+# Small stand-ins for a paper row that also runs at full scale (stand-in: (full-scale row, what it is)): the
+# README gives one a sentence, not a table, and nothing once its full-scale row has records.
+STAND_INS = {"cpu_digits_cnn": ("fashion_cnn", "the CNN row's stand-in on the 8×8 digits")}
 RANKS_CSV = Path("results/bench/ranks_cpu.csv")
 
 
@@ -116,9 +118,10 @@ def results_cpu() -> str:
                 f"with a constant batch, {best_of(ROOT / folder, constant, headline)}.")
         runs = [run for method in experiment.methods for run in method.runs]
         if experiment.name in STAND_INS:
-            brief = (f"**`{experiment.name}`**, {STAND_INS[experiment.name]} (`{folder.as_posix()}/table.md`; "
-                     f"{suite_time(runs)}). {best}")
-            parts += [textwrap.fill(brief, 105), ""]
+            full_scale, what = STAND_INS[experiment.name]
+            if full_scale not in {e.name for e in experiments}:
+                brief = f"**`{experiment.name}`**, {what} (`{folder.as_posix()}/table.md`; {suite_time(runs)}). {best}"
+                parts += [textwrap.fill(brief, 105), ""]
             continue
         more = f"; {left_out} more methods, frontier points and other tests, in `frontier.md`" if left_out else ""
         study = lr_study_time() if experiment.name == LR_STUDY_OF else ""
@@ -163,25 +166,52 @@ def span(rows: list[dict], key: str, show: Callable[[float], str]) -> str:
     return "-".join(dict.fromkeys((show(values[0]), show(values[-1]))))
 
 
+def study_rows(study_csv: Path) -> tuple[dict, list[dict]]:
+    """One experiment's local study: the per-example run's row, then one row per M of the parts'."""
+    exact, *local = read_csv(study_csv)
+    return exact, local
+
+
+def steps(rows: list[dict]) -> str:
+    return span(rows, "steps_mean", lambda v: f"{v:,.0f}")
+
+
+def factor(local: list[dict]) -> str:
+    return span(local, "growing_log2_gap_mean", lambda v: f"{2 ** v:.2f}")
+
+
 def study_phrase(study_csv: Path) -> str:
     """One experiment's local study in a sentence: the per-example run, then the range over the M of the parts'."""
-    exact, *local = read_csv(study_csv)
+    exact, local = study_rows(study_csv)
     if "final_test_acc_mean" in exact:
         metric, name, shown = "final_test_acc_mean", "accuracy", lambda v: f"{100 * v:.2f}%"
     else:
         metric, name, shown = "final_test_perplexity_mean", "perplexity", lambda v: f"{v:.2f}"
     parts = [row["statistics"].split()[-1] for row in local]  # "parts, M >= 4"
-    return (f"`{study_csv.parent.name}` ({exact['seeds']} seeds): per-example {float(exact['steps_mean']):,.0f} steps, "
+    return (f"`{study_csv.parent.name}` ({exact['seeds']} seeds): per-example {steps([exact])} steps, "
             f"final test {name} {shown(float(exact[metric]))}; from M ≥ {parts[0]} to {parts[-1]} parts "
-            f"{span(local, 'steps_mean', lambda v: f'{v:,.0f}')} steps, {span(local, metric, shown)}, batch sizes a "
-            f"factor {span(local, 'growing_log2_gap_mean', lambda v: f'{2 ** v:.2f}')} from the per-example run's "
-            "until both reach b_max (geometric mean).")
+            f"{steps(local)} steps, {span(local, metric, shown)}, batch sizes a factor {factor(local)} from the "
+            "per-example run's until both reach b_max (geometric mean).")
+
+
+def local_study() -> str:
+    return "\n\n".join(textwrap.fill(study_phrase(path), 105) for path in sorted((ROOT / LOCAL_STUDY).glob("*/local_study.csv")))
 
 
 def engine_choice() -> str:
-    """engine=local's decisions against the per-example test's (results/local_study/*/local_study.csv) and
-    its cost on 2 ranks (results/bench/ranks_cpu.csv, with the repeat's ratios where there is one)."""
-    said = [study_phrase(path) for path in sorted((ROOT / LOCAL_STUDY).glob("*/local_study.csv"))]
+    """engine=local's decisions against the per-example test's (results/local_study/*/local_study.csv), all
+    experiments in one sentence, and its cost on 2 ranks (results/bench/ranks_cpu.csv, with the repeat's
+    ratios where there is one)."""
+    studies = {path.parent.name: study_rows(path) for path in sorted((ROOT / LOCAL_STUDY).glob("*/local_study.csv"))}
+    said = []
+    if studies:
+        parts = sorted({row["statistics"].split()[-1] for _, local in studies.values() for row in local}, key=int)
+        seeds = sorted({exact["seeds"] for exact, _ in studies.values()})
+        runs = " and ".join(f"{steps(local)} steps to the per-example test's {steps([exact])} on `{name}`"
+                            for name, (exact, local) in studies.items())
+        factors = " and ".join(factor(local) for _, local in studies.values())
+        said.append(f"From M ≥ {parts[0]} to {parts[-1]} parts ({'/'.join(seeds)} seeds), it takes {runs}, its batch "
+                    f"sizes a factor {factors} from the exact test's until both reach b_max (geometric mean).")
     if (ROOT / RANKS_CSV).exists():
         rows = read_csv(ROOT / RANKS_CSV)
         repeat_csv = ROOT / RANKS_CSV.parent / "repeat" / RANKS_CSV.name
@@ -228,6 +258,7 @@ BLOCKS = (
     Block(Path("docs/benchmarks.md"), "bench-gpt", BENCH_CSV.as_posix(), bench_gpt),
     Block(Path("README.md"), "engine-choice", f"{LOCAL_STUDY.as_posix()}/*/local_study.csv and {RANKS_CSV.as_posix()}",
           engine_choice),
+    Block(Path("docs/local-gradients.md"), "local-study", f"{LOCAL_STUDY.as_posix()}/*/local_study.csv", local_study),
 )
 
 
