@@ -166,6 +166,10 @@ def span(rows: list[dict], key: str, show: Callable[[float], str]) -> str:
     return "-".join(dict.fromkeys((show(values[0]), show(values[-1]))))
 
 
+def study_csvs() -> list[Path]:
+    return sorted((ROOT / LOCAL_STUDY).glob("*/local_study.csv"))
+
+
 def study_rows(study_csv: Path) -> tuple[dict, list[dict]]:
     """One experiment's local study: the per-example run's row, then one row per M of the parts'."""
     exact, *local = read_csv(study_csv)
@@ -195,14 +199,14 @@ def study_phrase(study_csv: Path) -> str:
 
 
 def local_study() -> str:
-    return "\n\n".join(textwrap.fill(study_phrase(path), 105) for path in sorted((ROOT / LOCAL_STUDY).glob("*/local_study.csv")))
+    return "\n\n".join(textwrap.fill(study_phrase(path), 105) for path in study_csvs())
 
 
 def engine_choice() -> str:
     """engine=local's decisions against the per-example test's (results/local_study/*/local_study.csv), all
     experiments in one sentence, and its cost on 2 ranks (results/bench/ranks_cpu.csv, with the repeat's
     ratios where there is one)."""
-    studies = {path.parent.name: study_rows(path) for path in sorted((ROOT / LOCAL_STUDY).glob("*/local_study.csv"))}
+    studies = {path.parent.name: study_rows(path) for path in study_csvs()}
     said = []
     if studies:
         parts = sorted({row["statistics"].split()[-1] for _, local in studies.values() for row in local}, key=int)
