@@ -176,6 +176,10 @@ def study_rows(study_csv: Path) -> tuple[dict, list[dict]]:
     return exact, local
 
 
+def least_parts(row: dict) -> str:
+    return row["statistics"].split()[-1]  # "parts, M >= 4" -> "4"
+
+
 def steps(rows: list[dict]) -> str:
     return span(rows, "steps_mean", lambda v: f"{v:,.0f}")
 
@@ -191,7 +195,7 @@ def study_phrase(study_csv: Path) -> str:
         metric, name, shown = "final_test_acc_mean", "accuracy", lambda v: f"{100 * v:.2f}%"
     else:
         metric, name, shown = "final_test_perplexity_mean", "perplexity", lambda v: f"{v:.2f}"
-    parts = [row["statistics"].split()[-1] for row in local]  # "parts, M >= 4"
+    parts = [least_parts(row) for row in local]
     return (f"`{study_csv.parent.name}` ({exact['seeds']} seeds): per-example {steps([exact])} steps, "
             f"final test {name} {shown(float(exact[metric]))}; from M ≥ {parts[0]} to {parts[-1]} parts "
             f"{steps(local)} steps, {span(local, metric, shown)}, batch sizes a factor {factor(local)} from the "
@@ -209,7 +213,7 @@ def engine_choice() -> str:
     studies = {path.parent.name: study_rows(path) for path in study_csvs()}
     said = []
     if studies:
-        parts = sorted({row["statistics"].split()[-1] for _, local in studies.values() for row in local}, key=int)
+        parts = sorted({least_parts(row) for _, local in studies.values() for row in local}, key=int)
         seeds = sorted({exact["seeds"] for exact, _ in studies.values()})
         runs = " and ".join(f"{steps(local)} steps to the per-example test's {steps([exact])} on `{name}`"
                             for name, (exact, local) in studies.items())
