@@ -13,9 +13,7 @@ SIGTERM/SIGUSR1 after a checkpoint: run it again to resume); 1 for any other err
 from __future__ import annotations
 
 import logging
-import os
 import sys
-import traceback
 from pathlib import Path
 
 import hydra
@@ -23,7 +21,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from adabatch.data import DatasetUnavailable
-from adabatch.distributed import current_world, join_process_group, leave_process_group
+from adabatch.distributed import current_world, join_process_group, run_as_rank
 from adabatch.run.preemption import PREEMPTED_EXIT_CODE
 from adabatch.run_keys import complete_config
 from adabatch.run.loop import train
@@ -73,29 +71,6 @@ def remove_if_empty(run_dir: Path) -> None:
         pass
 
 
-def main_as_rank() -> None:
-    """main() in one process of a torchrun launch: leave the process group, then end the process at
-    once. Gloo's threads now and then abort the interpreter's teardown after a run has ended normally
-    ("terminate called without an active exception", no Python frame left: about 1 launch in 20 on
-    two busy cores), and torchrun then reports the rank as failed; nothing is left to tear down."""
-    code = 1
-    try:
-        main()
-        code = 0
-    except SystemExit as stop:  # Hydra turns a task's exception into a printed traceback and exit 1
-        code = stop.code if isinstance(stop.code, int) else int(stop.code is not None)
-        if isinstance(stop.code, str):
-            print(stop.code, file=sys.stderr)
-    except BaseException:
-        traceback.print_exc()
-    finally:
-        leave_process_group()
-        logging.shutdown()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
-
-
 if __name__ == "__main__":
     world = join_process_group()  # before Hydra names the run directory, so that all ranks share it
     if world.size == 1:
@@ -103,4 +78,4 @@ if __name__ == "__main__":
     else:
         if not world.is_main:  # rank 0 alone writes the run directory's files
             sys.argv += ["hydra/job_logging=disabled"]
-        main_as_rank()
+        run_as_rank(main)

@@ -14,7 +14,7 @@ from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
 from torch.nn.parallel import DistributedDataParallel
 
-from adabatch.distributed import World, join_process_group, leave_process_group
+from adabatch.distributed import World, join_process_group, run_as_rank
 from adabatch.parallel.fsdp import load_checkpoint, save_checkpoint, shard_model
 from adabatch.parallel.local_step import gradient_with_part_statistics
 from adabatch.step import synchronized
@@ -164,8 +164,9 @@ def checkpoint(world: World, directory: Path) -> dict:
 if __name__ == "__main__":
     out = Path(sys.argv[1])
     world = join_process_group()
-    try:
+
+    def save_findings() -> None:
         found = {"ddp": ddp(world), "fsdp": fsdp(world), "checkpoint": checkpoint(world, out / "checkpoint")}
         torch.save(found, out / f"rank{world.rank}.pt")
-    finally:
-        leave_process_group()
+
+    run_as_rank(save_findings)

@@ -14,7 +14,7 @@ from helpers import MODELS, tiny_problem
 from torch.nn.parallel import DistributedDataParallel
 
 from adabatch.data import evaluation_batches
-from adabatch.distributed import World, join_process_group, leave_process_group
+from adabatch.distributed import World, join_process_group, run_as_rank
 from adabatch.stats import ENGINES, IP_MODES, Needs, build_engine, gradient_with_statistics
 from adabatch.step import accumulate_gradient, evaluation_totals
 
@@ -64,7 +64,4 @@ def collect(world: World) -> dict[tuple, dict[str, torch.Tensor]]:
 
 if __name__ == "__main__":
     world = join_process_group()
-    try:
-        torch.save(collect(world), Path(sys.argv[1]) / f"rank{world.rank}.pt")
-    finally:
-        leave_process_group()
+    run_as_rank(lambda: torch.save(collect(world), Path(sys.argv[1]) / f"rank{world.rank}.pt"))

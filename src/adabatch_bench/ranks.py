@@ -32,6 +32,7 @@ import torch
 import torch.distributed as dist
 
 from adabatch.device import describe
+from adabatch.distributed import join_process_group, run_as_rank
 from adabatch_bench import ROOT
 from adabatch_bench.bench import known_within
 
@@ -58,8 +59,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.worker:
-        worker(args)
-        return 0
+        run_as_rank(lambda: worker(args))
     if "kjv_gpt" in args.experiments and not (args.data_dir / "kjv.txt").exists():
         print(f"error: the kjv_gpt row needs {args.data_dir / 'kjv.txt'}; run `make data-kjv` first, "
               "or pass --experiments quickstart", file=sys.stderr)
@@ -82,7 +82,6 @@ def main(argv: list[str] | None = None) -> int:
 def worker(args: argparse.Namespace) -> None:
     from hydra import compose, initialize_config_dir
 
-    from adabatch.distributed import join_process_group, leave_process_group
     from adabatch.run.experiment import build_experiment
 
     torch.set_num_threads(1)
@@ -98,7 +97,6 @@ def worker(args: argparse.Namespace) -> None:
         rows.append(time_rounds(exp, batch, args, name, world.rank))
     if world.rank == 0:
         args.worker.write_text(json.dumps({"device": "cpu", "rows": rows}))
-    leave_process_group()
 
 
 def timed_steps(exp, batch, tested: bool, steps: int) -> float:
