@@ -102,10 +102,10 @@ fashion_logistic_RUNS := $(CPU_METHODS) augmented_test-adagrad inner_product_tes
 fashion_logistic_FRONTIER := $(call FRONTIER,8 32 128 512 2048 8192 32768 60000,0.05 0.25 0.5 1)
 cpu_digits_cnn_RUNS := $(CPU_METHODS)
 cpu_digits_cnn_FRONTIER := $(call FRONTIER,16 64 256,0.05 0.1 0.25 0.5)
-# The paper's MNIST CNN row at full scale on Fashion-MNIST (~1 core-hour a run: not part of the default).
+# The paper's MNIST CNN row at full scale on Fashion-MNIST (1-2 core-hours a run: not part of the default).
 fashion_cnn_RUNS := $(fashion_logistic_RUNS)
 # Its frontier adds b = 128, 2048 and full batch to the row's constant 8 and 4096, and η = 0.25 and 1 to the
-# row's 0.1: 5 points, 10 runs (a suite of 46 runs, 35-70 minutes each on one core).
+# row's 0.1: 5 points, 10 runs (a suite of 46 runs, one to two hours each on one core).
 fashion_cnn_FRONTIER := $(call FRONTIER,128 2048 60000,0.25 1)
 # Language models (SUITE=kjv_gpt, needs `make data-kjv`): a small GPT on the King James Bible, AdamW for
 # every method (the LM optimizer) and the norm test with AdaGrad; the warmup doubles the batch at fixed tokens.

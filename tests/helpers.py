@@ -39,6 +39,8 @@ MODELS = {  # key: (model name, input shape, options, augmentation)
     "resnet18_gn": ("resnet18", (3, 8, 8), {"width": 4, "groups": 2}, "crop_flip"),
     "vit": ("vit", (3, 8, 8), {"dim": 8, "depth": 2, "heads": 2, "patch": 4}, "vit"),
 }
+# The models whose weights train.memory_format=channels_last lays out otherwise: the same, channels last.
+MODELS |= {f"{key}_channels_last": MODELS[key] for key in ("cnn", "resnet18_gn")}
 
 
 def random_dataset(shape, n=40, classes=5, seed=0) -> ArrayDataset:
@@ -56,6 +58,8 @@ def tiny_problem(model_key: str, seed: int = 0, batch_size: int = BATCH) -> tupl
     data = TrainingData(dataset, build_augmentation(augmentation), seed=seed, device=torch.device("cpu"))
     torch.manual_seed(seed)
     model = Float64(build_model(name, shape, dataset.num_classes, norm="group", **options))
+    if model_key.endswith("_channels_last"):
+        model = model.to(memory_format=torch.channels_last)
     return model, data, data.draw(batch_size)
 
 

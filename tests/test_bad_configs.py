@@ -62,6 +62,7 @@ BAD_CONFIGS = {  # overrides: what the error line must say
     "train.eval_train_examples=0": "train.eval_train_examples=0 must be an integer >= 1, or null (all)",
     "train.progress_every_s=abc": "train.progress_every_s=abc must be a number of seconds >= 0",
     "train.compile=yes": "train.compile=yes must be true or false",
+    "train.memory_format=nhwc": "train.memory_format='nhwc' is unknown; choose one of contiguous, channels_last",
     "train.save_model=1": "train.save_model=1 must be true or false",
     "dataset=mnist dataset.download=no": "dataset.download=no must be true or false",
     "batch_size.eta=abc": "batch_size.eta=abc must be a number > 0",

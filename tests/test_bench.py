@@ -157,6 +157,15 @@ def test_the_layer_profile_lists_every_layer_with_its_form():
     assert "the forward and activation gradients alone" in result.stdout
 
 
+def test_the_memory_format_bench_checks_both_layouts_agree_then_times_each_kind_of_work():
+    result = subprocess.run([sys.executable, "-m", "adabatch_bench.memory_format", "--size", "32", "--rounds", "1"],
+                            capture_output=True, text=True, timeout=300, check=True)
+    ratios = re.findall(r"^  (.+?) +(\d+\.\d\d)$", result.stdout, re.MULTILINE)
+    assert [name for name, _ in ratios] == ["plain step, b = 8", "plain step, b = 32", "evaluation, 32 examples",
+                                            "norm test's step, b = 32", "augmented test's step, b = 32"]
+    assert all(float(ratio) > 0 for _, ratio in ratios)
+
+
 def test_the_bench_summary_says_how_far_a_second_run_is():
     from adabatch_bench.summary import repeat_line
     def row(engine, ratio, rounds, test="norm"):

@@ -114,6 +114,8 @@ def test_per_example_records_name_their_source():
      "batch_size=inner_product from local gradients under train.parallel=fsdp"),
     (("train.parallel=fsdp", "batch_size.engine=local", "batch_size.max_micro=auto"), World(0, 2, 0),
      "batch_size.max_micro=auto is not offered with train.parallel=fsdp"),
+    (("train.parallel=fsdp", "batch_size.engine=local", "train.memory_format=channels_last"), World(0, 2, 0),
+     "train.memory_format=channels_last is not offered with train.parallel=fsdp"),
     (("train.parallel=zero",), World(), "train.parallel='zero' is unknown; choose one of ddp, fsdp"),
 ])
 def test_configurations_without_two_parts_or_a_sharded_engine_are_refused_in_one_line(overrides, world, message):

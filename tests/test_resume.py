@@ -138,6 +138,27 @@ def test_a_run_with_dropout_stopped_and_resumed_draws_the_masks_of_the_uninterru
     assert_same_run(run_dir, reference)
 
 
+CHANNELS_LAST = [*OVERRIDES, "train.memory_format=channels_last"]
+
+
+def test_a_channels_last_run_resumes_exactly_and_follows_the_contiguous_run(reference, tmp_path):
+    """train.memory_format=channels_last lays the convolutions' weights out channels last; it changes
+    their order of summation only, and a stopped run resumes to the uninterrupted one all the same."""
+    exp = build_experiment(compose(*CHANNELS_LAST))
+    weights = [m.weight for m in exp.model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert all(w.is_contiguous(memory_format=torch.channels_last) for w in weights)
+    assert any(not w.is_contiguous() for w in weights)  # (one input channel is both layouts at once)
+    uninterrupted, run_dir = tmp_path / "uninterrupted", tmp_path / "run"
+    assert worker(uninterrupted, overrides=CHANNELS_LAST) == 0
+    assert worker(run_dir, "term", 6, CHANNELS_LAST) == PREEMPTED_EXIT_CODE
+    assert worker(run_dir, overrides=CHANNELS_LAST) == 0 and read_summary(run_dir)["resumes"] == 1
+    assert_same_run(run_dir, uninterrupted)
+    first, expected = (next(read_metrics(d, "train")) for d in (uninterrupted, reference))
+    assert first["next_batch_size"] == expected["next_batch_size"]
+    for key in ("train_loss", "grad_sq_norm", "norm_var"):
+        assert first[key] == pytest.approx(expected[key], rel=1e-5), key
+
+
 def as_format_1(state: dict) -> dict:
     """A checkpoint as the code before the run package wrote it: the states flat, the counters in "loop"."""
     experiment, adaptive = state["experiment"], state["experiment"]["adaptive"]

@@ -4,9 +4,10 @@ seeds of one method in tables and figures."""
 
 KEYS_NOT_CHANGING_TRAINING = (
     "resume", "hydra", "logger", "data_dir", "dataset.download", "train.progress_every_s",
-    # Another statistics engine changes only the rounding of the statistics; a run keeps the micro-batch
-    # size that max_micro=auto chose, whatever memory it is given later.
-    "batch_size.engine", "batch_size.max_micro_memory_gb",
+    # Another statistics engine changes only the rounding of the statistics, another memory layout only
+    # that of the convolutions; a run keeps the micro-batch size that max_micro=auto chose, whatever memory
+    # it is given later.
+    "batch_size.engine", "train.memory_format", "batch_size.max_micro_memory_gb",
 )
 
 # Keys added after runs were recorded, at the value that gives what a config without them gave.

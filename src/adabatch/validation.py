@@ -37,6 +37,7 @@ SEED_LIMIT = 2**64  # torch's generators take 64-bit seeds
 RESUME_MODES = ("auto", "never", "must")
 LOGGERS = ("none", "wandb")  # configs/logger/: what reporting.Reporter logs to besides the run's own files
 PARALLEL = ("ddp", "fsdp")  # train.parallel: how the ranks hold the model (a full copy each, or shards)
+MEMORY_FORMATS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}  # train.memory_format
 AUTO = "auto"  # batch_size.max_micro=auto (micro_batch.AUTO; not imported, so that the run package may import this)
 
 
@@ -69,6 +70,7 @@ RUN_SETTINGS: dict[str, Callable[[str, Any], Any]] = {
     "train.save_model": checks.switch,
     "batch_size.max_micro": max_micro,
     "train.parallel": lambda key, value: checks.one_of(key, value, PARALLEL),
+    "train.memory_format": lambda key, value: checks.one_of(key, value, tuple(MEMORY_FORMATS)),
     "batch_size.max_micro_memory_gb": memory_gb,
 }
 
@@ -129,6 +131,9 @@ def check_fsdp(cfg: DictConfig, policy: BatchSizePolicy, world: World) -> None:
     if world.size < 2:
         raise ConfigError("train.parallel=fsdp shards the model over the ranks of a torchrun launch, and this is one "
                           "process; launch with torchrun --nproc_per_node=2 (or more), or use train.parallel=ddp")
+    if cfg.train.memory_format != "contiguous":
+        raise ConfigError(f"train.memory_format={cfg.train.memory_format} is not offered with train.parallel=fsdp (not "
+                          "tested with sharded weights); use train.memory_format=contiguous")
     if cfg.batch_size.max_micro == AUTO:
         raise ConfigError("batch_size.max_micro=auto is not offered with train.parallel=fsdp (its trial steps would "
                           "differ across ranks); set batch_size.max_micro to a number")

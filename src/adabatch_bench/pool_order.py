@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import argparse
 import copy
-import statistics
-import time
 
 import torch
 from torch import nn
 
 from adabatch.device import describe
 from adabatch.models import build_model
+from adabatch_bench.turns import median_ratio
 
 
 def relu_before_pool(model: nn.Sequential) -> nn.Sequential:
@@ -36,12 +35,6 @@ def step(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> list[t
     return [loss.detach(), *torch.autograd.grad(loss, list(model.parameters()))]
 
 
-def seconds(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> float:
-    start = time.perf_counter()
-    step(model, images, labels)
-    return time.perf_counter() - start
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--size", type=int, default=1024, help="examples in the batch")
@@ -56,13 +49,9 @@ def main() -> None:
     if not all(map(torch.equal, step(shipped, images, labels), step(textbook, images, labels))):
         raise SystemExit("the two orders gave different gradients")
 
-    ratios = []
-    for round_ in range(args.rounds):
-        order = (shipped, textbook) if round_ % 2 == 0 else (textbook, shipped)
-        timed = {model: seconds(model, images, labels) for model in order}
-        ratios.append(timed[textbook] / timed[shipped])
+    ratio = median_ratio(lambda: step(shipped, images, labels), lambda: step(textbook, images, labels), args.rounds)
     print(f"{describe(torch.device('cpu'))}, {args.threads} thread(s), b={args.size}: the CNN's step with "
-          f"conv, ReLU, pool blocks takes {statistics.median(ratios):.2f}x the time of conv, pool, ReLU "
+          f"conv, ReLU, pool blocks takes {ratio:.2f}x the time of conv, pool, ReLU "
           f"(median of {args.rounds} rounds; gradients identical)")
 
 

@@ -24,7 +24,7 @@ from ..random_state import rng_state, set_rng_state
 from ..schedules import Schedule, build_schedule
 from ..stats import StatisticsEngine, build_engine
 from ..tasks import Task, task_of
-from ..validation import check_config, check_model, plain
+from ..validation import MEMORY_FORMATS, check_config, check_model, plain
 
 
 @dataclass
@@ -123,7 +123,7 @@ def build_checked_experiment(cfg: DictConfig, world: World) -> Experiment:
     batch_options, capped = cap_batch_sizes(plain(cfg.batch_size), population)  # batches hold distinct examples
     policy = build_policy(batch_options, budget=cfg.train.samples, population=population)
     check_model(model, policy, cfg)
-    model = model.to(device)
+    model = model.to(device, memory_format=MEMORY_FORMATS[cfg.train.memory_format])
     full_model = None
     if cfg.train.parallel == "fsdp":  # before the optimizer and the engine: both hold the shards
         from ..parallel.fsdp import block_types, shard_model  # torch's FSDP: seconds of imports, paid where used
