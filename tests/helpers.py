@@ -40,7 +40,7 @@ MODELS = {  # key: (model name, input shape, options, augmentation)
     "vit": ("vit", (3, 8, 8), {"dim": 8, "depth": 2, "heads": 2, "patch": 4}, "vit"),
 }
 # The models whose weights train.memory_format=channels_last lays out otherwise: the same, channels last.
-MODELS |= {f"{key}_channels_last": MODELS[key] for key in ("cnn", "resnet18_gn")}
+CHANNELS_LAST_MODELS = {f"{key}_channels_last": MODELS[key] for key in ("cnn", "resnet18_gn")}
 
 
 def random_dataset(shape, n=40, classes=5, seed=0) -> ArrayDataset:
@@ -52,8 +52,8 @@ def random_dataset(shape, n=40, classes=5, seed=0) -> ArrayDataset:
 
 
 def tiny_problem(model_key: str, seed: int = 0, batch_size: int = BATCH) -> tuple[Float64, TrainingData, Batch]:
-    """A small float64 model from MODELS, its random data, and the first batch of the stream."""
-    name, shape, options, augmentation = MODELS[model_key]
+    """A small float64 model from MODELS or CHANNELS_LAST_MODELS, its random data, and the first batch of the stream."""
+    name, shape, options, augmentation = {**MODELS, **CHANNELS_LAST_MODELS}[model_key]
     dataset = random_dataset(shape)
     data = TrainingData(dataset, build_augmentation(augmentation), seed=seed, device=torch.device("cpu"))
     torch.manual_seed(seed)

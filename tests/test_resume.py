@@ -138,7 +138,7 @@ def test_a_run_with_dropout_stopped_and_resumed_draws_the_masks_of_the_uninterru
     assert_same_run(run_dir, reference)
 
 
-CHANNELS_LAST = [*OVERRIDES, "train.memory_format=channels_last"]
+CHANNELS_LAST = [*OVERRIDES, "train.samples=3000", "train.memory_format=channels_last"]
 
 
 def test_a_channels_last_run_resumes_exactly_and_follows_the_contiguous_run(reference, tmp_path):

@@ -4,7 +4,7 @@ import math
 
 import pytest
 import torch
-from helpers import BATCH, MODELS, Float64, per_example_gradients, random_dataset, tiny_problem
+from helpers import BATCH, CHANNELS_LAST_MODELS, MODELS, Float64, per_example_gradients, random_dataset, tiny_problem
 
 from adabatch.batch_size import build_policy
 from adabatch.data import TrainingData, build_augmentation
@@ -70,7 +70,7 @@ def close(actual, expected, rel=1e-8):
 
 @pytest.mark.parametrize("splits", SPLITS)
 @pytest.mark.parametrize("engine_name", ENGINES)
-@pytest.mark.parametrize("model_key", MODELS)
+@pytest.mark.parametrize("model_key", [*MODELS, *CHANNELS_LAST_MODELS])
 def test_statistics_match_brute_force(model_key, engine_name, splits, references):
     ref = references(model_key)
     model, data, batch = tiny_problem(model_key)
@@ -182,7 +182,7 @@ NEEDS = {"norm": Needs(), "inner_products": Needs(inner_products=True), "coordin
 @pytest.mark.parametrize("splits", (1, 3))
 @pytest.mark.parametrize("needs", NEEDS)
 @pytest.mark.parametrize("branch", GHOST_BRANCHES)
-@pytest.mark.parametrize("model_key", MODELS)
+@pytest.mark.parametrize("model_key", [*MODELS, *CHANNELS_LAST_MODELS])
 def test_every_ghost_branch_matches_brute_force(model_key, branch, needs, splits, references):
     """Each way the ghost engine can treat a layer, alone and with each test's needs (the combined
     needs of the test above force the formed branch), for an unsplit and a split batch."""
