@@ -246,6 +246,25 @@ def test_digits_split_is_deterministic_stratified_partition(tmp_path):
     assert dataset.std[0] == pytest.approx(scaled.std(unbiased=False).item())
 
 
+def test_the_digits_split_is_made_once_then_read_from_the_data_directory(tmp_path):
+    from adabatch.data.sources import DIGITS_SPLIT, digits
+
+    made = digits()  # no data_dir: made with scikit-learn, kept nowhere
+    assert list(tmp_path.iterdir()) == []
+    first = digits(tmp_path)
+    (cache,) = tmp_path.iterdir()
+    assert cache.name.startswith("digits-scikit-learn-") and cache.suffix == ".npz"
+    written = cache.stat().st_mtime_ns
+    read = digits(tmp_path)
+    assert cache.stat().st_mtime_ns == written  # read, not written again
+    cache.write_bytes(cache.read_bytes()[:200])  # a cut file is made again
+    again = digits(tmp_path)
+    for dataset in (first, read, again):
+        for key in DIGITS_SPLIT:
+            assert torch.equal(getattr(dataset, key), getattr(made, key)), key
+        assert (dataset.mean, dataset.std) == (made.mean, made.std)
+
+
 @pytest.mark.skipif(not sources.DEBIAN_FASHION_MNIST_DIR.is_dir(), reason="dataset-fashion-mnist not installed")
 def test_real_fashion_mnist(tmp_path):
     dataset = load_dataset("fashion_mnist", tmp_path, download=False)

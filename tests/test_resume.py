@@ -19,7 +19,7 @@ from adabatch.run.records import MODEL_FILE, read_metrics, read_summary
 from adabatch.run.experiment import build_experiment
 
 OVERRIDES = [
-    "experiment=quickstart", "device=cpu", "train.samples=8000", "train.eval_every=1500",
+    "experiment=quickstart", "device=cpu", "train.samples=4000", "train.eval_every=1500",
     "train.checkpoint_every=100", "batch_size.max=96", "batch_size.max_micro=32", "train.progress_every_s=600",
     "batch_size.engine=functorch",  # no Opacus import: these tests start many processes
 ]

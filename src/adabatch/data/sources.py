@@ -12,7 +12,9 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import pickle
+import zipfile
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 from typing import ClassVar
 
@@ -21,6 +23,7 @@ import torch
 
 from ..checks import switch
 from ..components import build
+from ..run.records import write_atomic
 
 # Debian package `dataset-fashion-mnist`; module-level so tests can redirect it.
 DEBIAN_FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -154,8 +157,28 @@ def _download_or_explain(name: str, torchvision_class: str, data_dir: Path, down
 # --- sklearn digits -------------------------------------------------------------------------
 
 
-def digits() -> ArrayDataset:
-    """scikit-learn's 8x8 digits (values 0..16), a stratified 80/20 split; no download."""
+def digits(data_dir: str | Path | None = None) -> ArrayDataset:
+    """scikit-learn's 8x8 digits (values 0..16), a stratified 80/20 split; no download.
+
+    The split is kept in <data_dir>/digits-scikit-learn-<version>.npz once made, so that later runs
+    skip importing scikit-learn (seconds, in every process that trains on the digits)."""
+    cache = Path(data_dir) / f"digits-scikit-learn-{metadata.version('scikit-learn')}.npz" if data_dir else None
+    split = read_digits_split(cache) if cache else None
+    if split is None:
+        split = digits_split()
+        if cache:
+            write_digits_split(cache, split)
+    train_x, train_y, test_x, test_y = (torch.from_numpy(split[key]) for key in DIGITS_SPLIT)
+    max_value = 16.0
+    mean, std = channel_stats(train_x, max_value)
+    return ArrayDataset(name="digits", train_x=train_x, train_y=train_y, test_x=test_x, test_y=test_y,
+                        num_classes=10, max_value=max_value, mean=mean, std=std)
+
+
+DIGITS_SPLIT = ("train_x", "train_y", "test_x", "test_y")
+
+
+def digits_split() -> dict[str, np.ndarray]:
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
@@ -165,19 +188,25 @@ def digits() -> ArrayDataset:
     train_x, test_x, train_y, test_y = train_test_split(
         images, labels, test_size=0.2, stratify=labels, random_state=0
     )
-    max_value = 16.0
-    mean, std = channel_stats(train_x, max_value)
-    return ArrayDataset(
-        name="digits",
-        train_x=torch.from_numpy(train_x),
-        train_y=torch.from_numpy(train_y),
-        test_x=torch.from_numpy(test_x),
-        test_y=torch.from_numpy(test_y),
-        num_classes=10,
-        max_value=max_value,
-        mean=mean,
-        std=std,
-    )
+    return dict(zip(DIGITS_SPLIT, (train_x, train_y, test_x, test_y)))
+
+
+def read_digits_split(cache: Path) -> dict[str, np.ndarray] | None:
+    """The cached split, or None where there is none or it is not whole (it is made again)."""
+    try:
+        with np.load(cache) as arrays:
+            return {key: arrays[key] for key in DIGITS_SPLIT}
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        return None
+
+
+def write_digits_split(cache: Path, split: dict[str, np.ndarray]) -> None:
+    """Atomically (readers see the whole file or none); a data_dir that cannot be written goes without."""
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(cache, lambda f: np.savez(f, **split))
+    except OSError:
+        pass
 
 
 # --- IDX files (MNIST, Fashion-MNIST) ---------------------------------------------------------

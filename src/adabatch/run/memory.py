@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import os
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
-from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
@@ -100,15 +101,16 @@ class TensorMemory(TorchDispatchMode):
     """Counts the bytes of the tensor storages created under it while they are alive (any device).
 
     The count follows storages, not tensors: views share their base's storage and count once. Tensors
-    that existed before the mode (the weights, the dataset) are not counted.
+    that existed before the mode (the weights, the dataset) are not counted. A storage's Python object
+    lives as long as the storage (torch preserves it), so a weak reference's callback says when it is freed.
     """
 
     def __init__(self, limit_bytes: int | None = None, resident: ResidentWatch | None = None) -> None:
         super().__init__()
         self.limit_bytes = limit_bytes
         self.resident = resident  # the process's resident memory, checked after every operation
-        self._live: dict[int, tuple[StorageWeakRef, int]] = {}  # data pointer -> (storage, bytes)
-        self.current = 0  # bytes counted and not yet seen freed
+        self._live: dict[int, tuple[weakref.ref, int]] = {}  # data pointer -> (the storage, weakly; its bytes)
+        self.current = 0  # bytes of the counted storages alive now
         self.peak = 0
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
@@ -121,34 +123,34 @@ class TensorMemory(TorchDispatchMode):
         return out
 
     def live_bytes(self) -> int:
-        self._forget_freed()
         return self.current
-
-    def _forget_freed(self) -> None:
-        freed = [key for key, (ref, _) in self._live.items() if ref.expired()]
-        for key in freed:
-            self.current -= self._live.pop(key)[1]
 
     def _count(self, tensor: torch.Tensor) -> None:
         storage = tensor.untyped_storage()
         key, size = storage.data_ptr(), storage.nbytes()
-        if size == 0 or (key in self._live and not self._live[key][0].expired()):
+        if size == 0:
             return
-        if key in self._live:  # an address freed and reused
-            self._forget_freed()
-        self._live[key] = (StorageWeakRef(storage), size)
+        if key in self._live:
+            ref, _ = self._live[key]
+            if ref() is not None:  # counted already
+                return
+            self._freed(key, ref)  # an address freed and reused before its callback ran
+        self._live[key] = (weakref.ref(storage, functools.partial(self._freed, key)), size)
         self.current += size
         if self.current <= self.peak:
             return
-        # `current` also counts storages freed since the last look: exact only after forgetting them,
-        # which costs a look at every live storage, so done only when a new peak is possible.
-        self._forget_freed()
-        self.peak = max(self.peak, self.current)
+        self.peak = self.current
         if self.limit_bytes is not None and self.current > self.limit_bytes:
             self._live.clear()
             raise torch.OutOfMemoryError(
                 f"the step needs more than the {self.limit_bytes} bytes this measurement allows (simulated device memory)"
             )
+
+    def _freed(self, key: int, ref: weakref.ref) -> None:
+        entry = self._live.get(key)
+        if entry is not None and entry[0] is ref:  # not a later storage at the same address
+            del self._live[key]
+            self.current -= entry[1]
 
 
 class MemoryGauge:
