@@ -250,6 +250,7 @@ def test_the_digits_split_is_made_once_then_read_from_the_data_directory(tmp_pat
     from adabatch.data.sources import DIGITS_SPLIT, digits
 
     made = digits()  # no data_dir: made with scikit-learn, kept nowhere
+    digits(tmp_path / "missing")  # nor in a folder that does not exist
     assert list(tmp_path.iterdir()) == []
     first = digits(tmp_path)
     (cache,) = tmp_path.iterdir()

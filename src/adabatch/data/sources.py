@@ -160,8 +160,8 @@ def _download_or_explain(name: str, torchvision_class: str, data_dir: Path, down
 def digits(data_dir: str | Path | None = None) -> ArrayDataset:
     """scikit-learn's 8x8 digits (values 0..16), a stratified 80/20 split; no download.
 
-    The split is kept in <data_dir>/digits-scikit-learn-<version>.npz once made, so that later runs
-    skip importing scikit-learn (seconds, in every process that trains on the digits)."""
+    The split is kept in <data_dir>/digits-scikit-learn-<version>.npz once made (where data_dir exists), so
+    that later runs skip importing scikit-learn (seconds, in every process that trains on the digits)."""
     cache = Path(data_dir) / f"digits-scikit-learn-{metadata.version('scikit-learn')}.npz" if data_dir else None
     split = read_digits_split(cache) if cache else None
     if split is None:
@@ -201,9 +201,9 @@ def read_digits_split(cache: Path) -> dict[str, np.ndarray] | None:
 
 
 def write_digits_split(cache: Path, split: dict[str, np.ndarray]) -> None:
-    """Atomically (readers see the whole file or none); a data_dir that cannot be written goes without."""
+    """Atomically (readers see the whole file or none); a data_dir that is missing or cannot be written goes
+    without (it is not made: a path given for a source that downloads nothing is no request for a folder)."""
     try:
-        cache.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(cache, lambda f: np.savez(f, **split))
     except OSError:
         pass
