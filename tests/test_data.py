@@ -266,6 +266,15 @@ def test_the_digits_split_is_made_once_then_read_from_the_data_directory(tmp_pat
         assert (dataset.mean, dataset.std) == (made.mean, made.std)
 
 
+def test_a_changed_digits_split_is_made_anew_not_read_from_the_old_file(tmp_path, monkeypatch):
+    kept = sources.digits(tmp_path)
+    monkeypatch.setattr(sources, "DIGITS_SPLIT_SEED", 1)
+    changed = sources.digits(tmp_path)
+    assert len(list(tmp_path.iterdir())) == 2
+    assert not torch.equal(changed.test_y, kept.test_y)
+    assert torch.equal(changed.test_y, sources.digits().test_y)
+
+
 @pytest.mark.skipif(not sources.DEBIAN_FASHION_MNIST_DIR.is_dir(), reason="dataset-fashion-mnist not installed")
 def test_real_fashion_mnist(tmp_path):
     dataset = load_dataset("fashion_mnist", tmp_path, download=False)

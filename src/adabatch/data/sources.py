@@ -160,9 +160,11 @@ def _download_or_explain(name: str, torchvision_class: str, data_dir: Path, down
 def digits(data_dir: str | Path | None = None) -> ArrayDataset:
     """scikit-learn's 8x8 digits (values 0..16), a stratified 80/20 split; no download.
 
-    The split is kept in <data_dir>/digits-scikit-learn-<version>.npz once made (where data_dir exists), so
-    that later runs skip importing scikit-learn (seconds, in every process that trains on the digits)."""
-    cache = Path(data_dir) / f"digits-scikit-learn-{metadata.version('scikit-learn')}.npz" if data_dir else None
+    The split is kept in <data_dir>/digits-scikit-learn-<version>-<split>.npz once made (where data_dir exists),
+    so that later runs skip importing scikit-learn (seconds, in every process that trains on the digits); the
+    name holds what the split depends on, so a changed split is made anew instead of read from an old file."""
+    name = f"digits-scikit-learn-{metadata.version('scikit-learn')}-test{DIGITS_TEST_SIZE}-seed{DIGITS_SPLIT_SEED}"
+    cache = Path(data_dir) / f"{name}.npz" if data_dir else None
     split = read_digits_split(cache) if cache else None
     if split is None:
         split = digits_split()
@@ -176,6 +178,7 @@ def digits(data_dir: str | Path | None = None) -> ArrayDataset:
 
 
 DIGITS_SPLIT = ("train_x", "train_y", "test_x", "test_y")
+DIGITS_TEST_SIZE, DIGITS_SPLIT_SEED = 0.2, 0  # a stratified split's test fraction and its random_state
 
 
 def digits_split() -> dict[str, np.ndarray]:
@@ -186,7 +189,7 @@ def digits_split() -> dict[str, np.ndarray]:
     images = data.images.astype(np.uint8)[:, None]  # values 0..16
     labels = data.target.astype(np.int64)
     train_x, test_x, train_y, test_y = train_test_split(
-        images, labels, test_size=0.2, stratify=labels, random_state=0
+        images, labels, test_size=DIGITS_TEST_SIZE, stratify=labels, random_state=DIGITS_SPLIT_SEED
     )
     return dict(zip(DIGITS_SPLIT, (train_x, train_y, test_x, test_y)))
 
