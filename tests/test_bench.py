@@ -23,7 +23,7 @@ ENGINES, TESTS = ("ghost", "functorch"), ("norm",)  # every test takes the same 
 def test_bench_writes_its_tables_and_worst_overhead_lines(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "adabatch_bench.bench", "--models", "cnn", "--sizes", "128",
-         "--engines", *ENGINES, "--tests", *TESTS, "--repeats", "2", "--max-seconds", "20", "--device", "cpu",
+         "--engines", *ENGINES, "--tests", *TESTS, "--repeats", "2", "--max-seconds", "5", "--device", "cpu",
          "--out", tmp_path],
         capture_output=True, text=True, timeout=300, check=True,
     )
@@ -48,7 +48,7 @@ def test_bench_writes_its_tables_and_worst_overhead_lines(tmp_path):
     table = (tmp_path / "cpu.md").read_text()
     assert all(line in table for line in lines)
     assert "2 rounds, more until every ratio of this project's engines was known within 5% (two standard errors of " \
-           "a median) or a model's rounds had taken 20 s (2 for opacus, functorch, opacus-user, functorch-user)" \
+           "a median) or a model's rounds had taken 5 s (2 for opacus, functorch, opacus-user, functorch-user)" \
            in table  # --ratio-error's default, --max-seconds, and --per-example-repeats' default (at most --repeats)
     rounds = {r["engine"]: int(r["rounds"]) for r in rows}
     assert rounds["functorch"] == 2 and 2 <= rounds["plain"] == rounds["ghost"] <= 20
