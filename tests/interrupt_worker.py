@@ -1,18 +1,22 @@
-"""Train one run for tests/test_resume.py, and interrupt this very process at a chosen point.
+"""Train one run for the resume tests in a forked copy of the test process, interrupted at a chosen point.
 
-    python tests/interrupt_worker.py RUN_DIR KIND N [OVERRIDES...]
+    exit_code = interrupt_worker.run(run_dir, kind, n, overrides)
 
-KIND is where the N-th event of this process ends it:
+KIND is where the N-th event of the child ends it:
     none              train to the end
     after-record      SIGKILL right after the N-th training record is written (between checkpoints)
     mid-record        SIGKILL halfway through writing the N-th training record
     mid-checkpoint    SIGKILL halfway through writing the N-th checkpoint file
     term              SIGTERM after the N-th training record: the run checkpoints and exits 75
+It returns the child's exit code (-9 when SIGKILLed). A fork rather than a fresh interpreter: the child
+has the imports already (seconds of torch each, most of these tests' time) and is killed all the same;
+tests/test_resume.py stops and resumes the CLI in fresh processes too.
 """
 from __future__ import annotations
 
 import io
 import json
+import multiprocessing
 import os
 import signal
 import sys
@@ -66,8 +70,18 @@ def interrupt(kind: str, n: int) -> None:
     checkpoint_module.write_atomic = counted_write_atomic  # what save_checkpoint writes through
 
 
-if __name__ == "__main__":
-    run_dir, kind, n, *overrides = sys.argv[1:]
-    interrupt(kind, int(n))
+def _train(run_dir: str, kind: str, n: int, overrides: list[str]) -> None:
+    interrupt(kind, n)
     summary = train(compose(*overrides), Path(run_dir))
     sys.exit(PREEMPTED_EXIT_CODE if summary["status"] == "preempted" else 0)
+
+
+def run(run_dir, kind: str = "none", n: int = 0, overrides=(), timeout_s: float = 300) -> int:
+    child = multiprocessing.get_context("fork").Process(target=_train, args=(str(run_dir), kind, n, list(overrides)))
+    child.start()
+    child.join(timeout_s)
+    if child.exitcode is None:
+        child.kill()
+        child.join()
+        raise TimeoutError(f"the {kind} run in {run_dir} took over {timeout_s} s")
+    return child.exitcode

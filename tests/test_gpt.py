@@ -3,6 +3,7 @@ float64 loop over sequences (autograd one sequence at a time, torch.func's vmap 
 from __future__ import annotations
 
 import copy
+import inspect
 import math
 
 import opacus
@@ -13,9 +14,7 @@ from omegaconf import OmegaConf
 from torch.func import functional_call, grad, vmap
 
 from adabatch.data import ArrayDataset
-import inspect
-
-from adabatch.models import build_model, gpt, model_from_config
+from adabatch.models import build_model, model_from_config
 from adabatch.models.gpt import GPT, gpt
 from adabatch.step import evaluation_totals
 from adabatch.tasks import TASKS, task_of

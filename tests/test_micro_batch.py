@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import interrupt_worker
 import numpy as np
 import pytest
 import torch
@@ -137,8 +138,7 @@ LIMITED = f"batch_size.max_micro_memory_gb={LIMIT_GB}"
 
 
 def run_worker(run_dir, kind="none", n=0, *overrides) -> int:
-    command = [sys.executable, "tests/interrupt_worker.py", str(run_dir), kind, str(n), *overrides]
-    return subprocess.run(command, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300).returncode
+    return interrupt_worker.run(run_dir, kind, n, overrides)
 
 
 @pytest.fixture(scope="module")

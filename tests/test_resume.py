@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 
+import interrupt_worker
 import pytest
 import torch
 from helpers import ROOT, compose
@@ -29,8 +30,7 @@ pytestmark = pytest.mark.slow  # every test here launches training processes
 
 
 def worker(run_dir, kind="none", n=0, overrides=OVERRIDES) -> int:
-    command = [sys.executable, "tests/interrupt_worker.py", str(run_dir), kind, str(n), *overrides]
-    return subprocess.run(command, cwd=ROOT, env=ENV, capture_output=True, timeout=300).returncode
+    return interrupt_worker.run(run_dir, kind, n, overrides)
 
 
 def counters(run_dir) -> dict:

@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import errno
 import json
-import os
-import subprocess
-import sys
 
+import interrupt_worker
 import pytest
 import torch
-from helpers import ROOT, compose
+from helpers import compose
 from omegaconf import OmegaConf
 
 from adabatch.run.checkpoint import CHECKPOINT_FILE, how_to_start, load_checkpoint
@@ -20,7 +18,6 @@ from adabatch.run.records import MODEL_FILE, RunRecords, read_metrics, read_summ
 from adabatch.run.loop import train
 from adabatch.validation import ConfigError
 
-ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
 def test_a_diverging_run_stops_with_its_records_and_last_checkpoint_intact(tmp_path):
@@ -75,11 +72,10 @@ def test_a_fresh_start_removes_the_earlier_runs_files_before_it_writes(tmp_path)
     run_dir = tmp_path / "run"
     short = ["device=cpu", "batch_size=constant", "batch_size.initial=16",
              "train.eval_every=200", "train.checkpoint_every=100", "train.progress_every_s=600"]
-    command = [sys.executable, "tests/interrupt_worker.py", str(run_dir)]
-    assert subprocess.run([*command, "none", "0", *short, "train.samples=400"], cwd=ROOT, env=ENV).returncode == 0
+    assert interrupt_worker.run(run_dir, "none", 0, [*short, "train.samples=400"]) == 0
     assert (run_dir / "summary.json").exists() and (run_dir / MODEL_FILE).exists()
-    again = [*command, "term", "3", *short, "train.samples=4000", "seed=1", "resume=never"]
-    assert subprocess.run(again, cwd=ROOT, env=ENV).returncode == PREEMPTED_EXIT_CODE
+    again = [*short, "train.samples=4000", "seed=1", "resume=never"]
+    assert interrupt_worker.run(run_dir, "term", 3, again) == PREEMPTED_EXIT_CODE
     assert sorted(p.name for p in run_dir.iterdir()) == [CHECKPOINT_FILE, "config.yaml", "metrics.jsonl"]
     assert yaml_seed(run_dir) == 1 and [r["step"] for r in read_metrics(run_dir, "train")] == [1, 2, 3]
     assert how_to_start(compose(*short, "train.samples=4000", "seed=1"), run_dir) == "resume"

@@ -1,6 +1,7 @@
 """A run owns its run directory: a second process started on it while it runs (a second terminal, a
 requeued SLURM task whose first copy still runs) is refused at once and touches nothing; a holder
-killed by SIGKILL leaves no lock behind, and the next start resumes the run. Real processes."""
+killed by SIGKILL leaves no lock behind, and the next start resumes the run. Real processes: the holder,
+the CLI refused, the run resumed; two more refused starts go through the CLI's entry point in this one."""
 from __future__ import annotations
 
 import hashlib
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import torch
 from helpers import ROOT
+from train_cli import refused
 
 from adabatch.run.checkpoint import CHECKPOINT_FILE
 from adabatch.run.records import METRICS_FILE
@@ -48,25 +50,25 @@ def snapshot(run_dir: Path) -> dict[str, tuple[int, str]]:
             for p in sorted(run_dir.iterdir())}
 
 
-def refusal(result: subprocess.CompletedProcess | subprocess.Popen, stderr: str, holder: int) -> str:
+def refusal(returncode: int, stderr: str, holder: int) -> str:
     lines = stderr.strip().splitlines()
-    assert result.returncode == 2 and len(lines) == 1, stderr[-3000:]
+    assert returncode == 2 and len(lines) == 1, stderr[-3000:]
     assert lines[0].startswith("error: ") and f"is in use by pid {holder} on " in lines[0], lines[0]
     return lines[0]
 
 
-def test_a_second_process_is_refused_and_a_killed_holder_leaves_no_lock(tmp_path):
+def test_a_second_process_is_refused_and_a_killed_holder_leaves_no_lock(tmp_path, capsys):
     run_dir = tmp_path / "run"
     first = start(run_dir)
     try:
         wait_until((run_dir / CHECKPOINT_FILE).exists, first)
         os.kill(first.pid, signal.SIGSTOP)  # hold the first run still, so that its files can be compared
         before = snapshot(run_dir)
-        # the same run, a fresh start, another run: started together (each start is seconds of imports)
-        seconds = [start(run_dir, *extra) for extra in ([], ["resume=never"], ["seed=1"])]
-        for second in seconds:
-            _, stderr = second.communicate(timeout=240)
-            refusal(second, stderr, first.pid)
+        second = start(run_dir)  # the same run
+        _, stderr = second.communicate(timeout=240)
+        refusal(second.returncode, stderr, first.pid)
+        for extra in (["resume=never"], ["seed=1"]):  # a fresh start, another run
+            refusal(*refused([*RUN, *extra, f"hydra.run.dir={run_dir}"], capsys), first.pid)
         assert snapshot(run_dir) == before
         going_on = grown(run_dir / METRICS_FILE)
         os.kill(first.pid, signal.SIGCONT)
@@ -108,7 +110,7 @@ def test_the_array_script_does_not_requeue_a_task_refused_for_a_busy_run_directo
         task = subprocess.run(["bash", "slurm/array.sbatch", str(sweep_file)], cwd=ROOT, env=env, capture_output=True,
                               text=True, timeout=240)
         assert task.returncode == 2, task.stdout + task.stderr
-        refusal(task, task.stderr, first.pid)
+        refusal(task.returncode, task.stderr, first.pid)
         assert "requeue" not in task.stdout + task.stderr
         assert first.poll() is None
     finally:

@@ -3,10 +3,10 @@ started, with the train time so far and an estimate of the time to go. The runs 
 end, stopped by SIGTERM part-way (as `kill` or a session's end leaves it), or killed mid-checkpoint."""
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 
+import interrupt_worker
 import pytest
 from helpers import ROOT, compose
 
@@ -24,9 +24,7 @@ def test_a_suite_lists_each_run_done_part_way_or_not_started(tmp_path):
     runs = tmp_path / "runs" / "quickstart"
     done, stopped, missing = runs / "constant-sgd" / "seed0", runs / "norm_test-sgd" / "seed0", runs / "ramp" / "seed0"
     train(compose(*OVERRIDES), done)
-    command = [sys.executable, "tests/interrupt_worker.py", str(stopped), "term", "5", *OVERRIDES]
-    ran = subprocess.run(command, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, timeout=300)
-    assert ran.returncode == PREEMPTED_EXIT_CODE, ran.stderr.decode()[-2000:]
+    assert interrupt_worker.run(stopped, "term", 5, OVERRIDES) == PREEMPTED_EXIT_CODE
 
     states = suite_states([done, stopped, missing])
     assert [s.run_id for s in states] == ["constant-sgd/seed0", "norm_test-sgd/seed0", "ramp/seed0"]
@@ -53,9 +51,7 @@ def test_a_run_whose_records_are_sparse_is_as_far_as_its_checkpoint(tmp_path):
     overrides = ["experiment=quickstart", "device=cpu", "batch_size=constant", "batch_size.initial=16",
                  "train.samples=320", "train.log_every=1000", "train.checkpoint_every=16", "train.eval_every=320",
                  "train.eval_train_examples=64"]
-    command = [sys.executable, "tests/interrupt_worker.py", str(run_dir), "mid-checkpoint", "4", *overrides]
-    ran = subprocess.run(command, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, timeout=300)
-    assert ran.returncode == -9, ran.stderr.decode()[-2000:]  # SIGKILL
+    assert interrupt_worker.run(run_dir, "mid-checkpoint", 4, overrides) == -9  # SIGKILL
 
     assert [r["step"] for r in read_metrics(run_dir, "train")] == [1]
     (state,) = suite_states([run_dir])

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import ROOT, compose
+from helpers import compose
 from omegaconf import OmegaConf
 from train_cli import refused
 
