@@ -19,7 +19,6 @@ from adabatch.run.loop import train
 from adabatch.validation import ConfigError
 
 
-
 def test_a_diverging_run_stops_with_its_records_and_last_checkpoint_intact(tmp_path):
     cfg = compose("experiment=quickstart", "device=cpu", "optimizer=sgd", "train.samples=4000",
                   "train.checkpoint_every=200", "schedule=multistep", "schedule.milestones=[1000]",
