@@ -8,8 +8,10 @@ KIND is where the N-th event of the child ends it:
     mid-record        SIGKILL halfway through writing the N-th training record
     mid-checkpoint    SIGKILL halfway through writing the N-th checkpoint file
     term              SIGTERM after the N-th training record: the run checkpoints and exits 75
-It returns the child's exit code (-9 when SIGKILLed). A fork rather than a fresh interpreter: the child
-has the imports already (seconds of torch each, most of these tests' time) and is killed all the same;
+It returns the child's exit code (-9 when SIGKILLed). The child is forked from multiprocessing's fork
+server, which imported this module once: it starts with the imports done (seconds of torch each, most of
+these tests' time), and from a process that never trained, so no thread pool of a test is forked with it
+(forking the test process itself hangs where an earlier test ran torch on several threads).
 tests/test_resume.py stops and resumes the CLI in fresh processes too.
 """
 from __future__ import annotations
@@ -76,8 +78,12 @@ def _train(run_dir: str, kind: str, n: int, overrides: list[str]) -> None:
     sys.exit(PREEMPTED_EXIT_CODE if summary["status"] == "preempted" else 0)
 
 
+FORK_SERVER = multiprocessing.get_context("forkserver")
+FORK_SERVER.set_forkserver_preload(["torch._dynamo", "interrupt_worker"])  # torch.optim imports dynamo on first use
+
+
 def run(run_dir, kind: str = "none", n: int = 0, overrides=(), timeout_s: float = 300) -> int:
-    child = multiprocessing.get_context("fork").Process(target=_train, args=(str(run_dir), kind, n, list(overrides)))
+    child = FORK_SERVER.Process(target=_train, args=(str(run_dir), kind, n, list(overrides)))
     child.start()
     child.join(timeout_s)
     if child.exitcode is None:
