@@ -583,3 +583,28 @@ def test_samples_before_the_cap_come_from_the_first_record_whose_next_batch_is_a
     assert samples_before_the_cap(growing(tmp_path / "a", [4, 8, 16, 16, 32], batch_size__max=16)) == 12
     assert samples_before_the_cap(growing(tmp_path / "b", [4, 8, 8], batch_size__max=16)) is None
     assert samples_before_the_cap(growing(tmp_path / "c", [16, 16], batch_size__name="constant", batch_size__max=16)) is None
+
+
+def test_a_ramp_recorded_every_few_steps_shows_its_samples_before_the_cap_as_an_upper_bound(tmp_path):
+    """Records written before runs recorded every change of batch size begin at step train.log_every:
+    the table marks that run's method ≤ and says why; records from step 1 on give exact values, unmarked."""
+    def ramp(run_dir, first_step, seed):
+        records = train_records([4, 8, 12, 16, 16, 16], [1.0] * 6)
+        for record in records:
+            record["next_batch_size"] = min(record["batch_size"] + 4, 16)
+        config = make_config(batch_size__name="linear_ramp", batch_size__max=16, seed=seed)
+        write_run(run_dir, config, records[first_step - 1:], eval_records([(0, 0, 0.1), (6, 72, 0.5)]))
+
+    ramp(tmp_path / "exact" / "0", 1, seed=0)
+    ramp(tmp_path / "exact" / "1", 1, seed=1)
+    (exact,) = group_runs(load_runs([tmp_path / "exact"]))
+    ramp(tmp_path / "mixed" / "0", 1, seed=0)
+    ramp(tmp_path / "mixed" / "1", 2, seed=1)  # its first record is step 2: the cap could have come earlier
+    (mixed,) = group_runs(load_runs([tmp_path / "mixed"]))
+
+    exact_md = write_tables(exact, tmp_path / "out_exact")[1].read_text()
+    mixed_md = write_tables(mixed, tmp_path / "out_mixed")[1].read_text()
+    assert table_rows(exact)[0].upper_bounds == frozenset()
+    assert table_rows(mixed)[0].upper_bounds == {"samples_before_cap"}
+    assert "| 24 ± 0 |" in exact_md and "≤" not in exact_md.split("\n\n")[-1]
+    assert "| ≤ 24 ± 0 |" in mixed_md and "; ≤ marks an upper bound, from records written before" in mixed_md

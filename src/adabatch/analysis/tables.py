@@ -26,6 +26,7 @@ class Column:
     header: str
     fmt: str
     of_run: Callable[[Run], float | None] | None = None  # a value derived from the run's records
+    bounded: Callable[[Run], bool] | None = None  # whether the run's value is only an upper bound
 
 
 def samples_before_the_cap(run: Run) -> float | None:
@@ -33,17 +34,24 @@ def samples_before_the_cap(run: Run) -> float | None:
     training record whose next batch has that size. Nothing for a constant batch, or a run that never got
     there or whose cap was lowered to the training set (its records do not say to what). Runs record every
     step before a change of batch size, so this is exact; in records written before they did (untested
-    steps every train.log_every steps), an upper bound for the ramps."""
+    steps every train.log_every steps), an upper bound for the ramps (cap_samples_bounded)."""
     policy = run.config.get("batch_size") or {}
     if policy.get("name") == "constant" or "max" in run.summary.get("batch_size_capped_from", {}):
         return None
     return next((r["samples"] for r in run.train_records if r["next_batch_size"] >= policy["max"]), None)
 
 
+def cap_samples_bounded(run: Run) -> bool:
+    """Whether samples_before_the_cap is only an upper bound: the run's records predate those that hold
+    step 1 and every change of batch size (run.reporting's Reporter.changes_size), so they begin at step
+    train.log_every and may have left out the step at which the batch reached its cap."""
+    return bool(run.train_records) and run.train_records[0]["step"] != 1
+
+
 COMMON_COLUMNS = (
     Column("steps", "optimizer steps", ".1f"),
     Column("mean_batch_size", "mean batch size", ".1f"),
-    Column("samples_before_cap", "samples before b = b_max", ".0f", samples_before_the_cap),
+    Column("samples_before_cap", "samples before b = b_max", ".0f", samples_before_the_cap, cap_samples_bounded),
     Column("train_time_s", "wall-clock training time (s)", ".2f"),
     Column("best_train_loss", "best training loss", ".4f"),
 )
@@ -73,15 +81,21 @@ class Row:
     seeds: int
     incomplete: int
     stats: dict[str, Stat]
+    upper_bounds: frozenset[str] = frozenset()  # the keys of the columns where a seed's value is only an upper bound
 
 
 def column_value(column: Column, run: Run) -> float | None:
     return column.of_run(run) if column.of_run else run.summary.get(column.key)
 
 
+def is_bounded(column: Column, run: Run) -> bool:
+    return column.bounded is not None and column_value(column, run) is not None and column.bounded(run)
+
+
 def method_row(method: Method, columns: tuple[Column, ...] = COLUMNS) -> Row:
     stats = {column.key: seed_stat([column_value(column, run) for run in method.completed]) for column in columns}
-    return Row(method.label, len(method.completed), len(method.incomplete), stats)
+    bounds = frozenset(c.key for c in columns if any(is_bounded(c, run) for run in method.completed))
+    return Row(method.label, len(method.completed), len(method.incomplete), stats, bounds)
 
 
 def table_rows(experiment: Experiment) -> list[Row]:
@@ -127,16 +141,19 @@ def write_markdown(experiment: Experiment, rows: list[Row], path: Path) -> Path:
     columns = columns_of(experiment)
     header = ["method", "seeds", *(column.header for column in columns)]
     cells = [
-        [row.method, seeds_cell(row), *(markdown_cell(row.stats[c.key], c.fmt) for c in columns)] for row in rows
+        [row.method, seeds_cell(row),
+         *(("≤ " if c.key in row.upper_bounds else "") + markdown_cell(row.stats[c.key], c.fmt) for c in columns)]
+        for row in rows
     ]
+    bounded = ("; ≤ marks an upper bound, from records written before runs recorded every change of batch size "
+               "(untested steps every train.log_every steps)" if any(row.upper_bounds for row in rows) else "")
     parts = [
         f"# {experiment.name}",
         markdown_table(header, cells),
         "Mean ± sample standard deviation (ddof=1) over the completed seeds of each method; a single "
         "seed shows its value alone. Rows are in the order in which each method's first run was found. "
         "Samples before b = b_max: processed before the first step at the method's cap, batch_size.max "
-        "(— for a constant batch or a cap never reached; an upper bound for the ramps, whose untested "
-        "steps are recorded every train.log_every steps).",
+        f"(— for a constant batch or a cap never reached){bounded}.",
     ]
     incomplete = [(method.label, run) for method in experiment.methods for run in method.incomplete]
     if incomplete:
