@@ -11,6 +11,7 @@ from adabatch_bench.smoke_paper import SUBSET, overrides, paper_run_ids
 
 
 MICRO = 1  # steps of 2, 4 and 8 examples: seconds for ResNet-50
+LEAK_MICRO = 4  # a copy of each micro-batch's inputs left behind then adds 4-6% to the peak (2% allowed)
 
 
 @pytest.fixture(scope="module")
@@ -55,5 +56,6 @@ def test_a_step_that_keeps_something_per_example_fails_the_memory_check(data_dir
     gradient = AdaptiveBatch.gradient
     monkeypatch.setattr(AdaptiveBatch, "gradient", leaky_gradient)
     run = "mnist_cnn/norm_test-adagrad"
-    result = smoke_run(run, compose(*overrides(run, data_dir, "cpu", MICRO)), MICRO, first_step=False)
-    assert any("grows with the batch" in problem for problem in result.problems)
+    result = smoke_run(run, compose(*overrides(run, data_dir, "cpu", LEAK_MICRO)), LEAK_MICRO, first_step=False)
+    grown = [problem.split(":")[0] for problem in result.problems if "grows with the batch" in problem]
+    assert grown == ["plain steps", "tested steps"], result.problems
