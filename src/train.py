@@ -13,6 +13,7 @@ SIGTERM/SIGUSR1 after a checkpoint: run it again to resume); 1 for any other err
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -20,12 +21,11 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from adabatch.data import DatasetUnavailable
-from adabatch.distributed import current_world, join_process_group, run_as_rank
+import adabatch.launch_time  # noqa: F401  (the resolver that configs/train.yaml names run directories with)
+from adabatch.errors import ConfigError, DatasetUnavailable
+from adabatch.run.lock import busy, held
 from adabatch.run.preemption import PREEMPTED_EXIT_CODE
 from adabatch.run_keys import complete_config
-from adabatch.run.loop import train
-from adabatch.validation import ConfigError
 
 log = logging.getLogger("adabatch")
 
@@ -35,6 +35,11 @@ def main(cfg: DictConfig) -> float | None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     complete_config(cfg, HydraConfig.get().runtime.choices)
     try:
+        if launched_alone() and held(run_dir):  # refused before torch's imports: a second, not several
+            raise busy(run_dir)
+        from adabatch.distributed import current_world
+        from adabatch.run.loop import train
+
         summary = train(cfg, run_dir, current_world())
     except (ConfigError, DatasetUnavailable) as error:  # raised before anything is written; any other error is a bug
         remove_if_empty(run_dir)
@@ -71,11 +76,18 @@ def remove_if_empty(run_dir: Path) -> None:
         pass
 
 
+def launched_alone() -> bool:
+    """A plain `python` launch, not one of torchrun's ranks."""
+    return int(os.environ.get("WORLD_SIZE", 1)) == 1
+
+
 if __name__ == "__main__":
-    world = join_process_group()  # before Hydra names the run directory, so that all ranks share it
-    if world.size == 1:
+    if launched_alone():
         main()
     else:
+        from adabatch.distributed import join_process_group, run_as_rank
+
+        world = join_process_group()  # before Hydra names the run directory, so that all ranks share it
         if not world.is_main:  # rank 0 alone writes the run directory's files
             sys.argv += ["hydra/job_logging=disabled"]
         run_as_rank(main)

@@ -1,7 +1,8 @@
 """A run owns its run directory: a second process started on it while it runs (a second terminal, a
-requeued SLURM task whose first copy still runs) is refused at once and touches nothing; a holder
-killed by SIGKILL leaves no lock behind, and the next start resumes the run. Real processes: the holder,
-the CLI refused, the run resumed; two more refused starts go through the CLI's entry point in this one."""
+requeued SLURM task whose first copy still runs) is refused at once, before it imports torch, and touches
+nothing; a holder killed by SIGKILL leaves no lock behind, and the next start resumes the run. Real
+processes: the holder, the CLI refused, the run resumed; two more refused starts go through the CLI's
+entry point in this one."""
 from __future__ import annotations
 
 import hashlib
@@ -27,9 +28,16 @@ RUN = ["experiment=quickstart", "device=cpu", "batch_size.max=16", "train.sample
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
-def start(run_dir: Path, *extra: str) -> subprocess.Popen:
+def start(run_dir: Path, *extra: str, env: dict[str, str] = ENV) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "src/train.py", *RUN, *extra, f"hydra.run.dir={run_dir}"], cwd=ROOT,
-                            env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def without_torch(tmp_path: Path) -> dict[str, str]:
+    """ENV with a `torch` first on the path that fails to import: a process that gets by without torch."""
+    (tmp_path / "no_torch" / "torch").mkdir(parents=True)
+    (tmp_path / "no_torch" / "torch" / "__init__.py").write_text("raise ImportError('torch imported')\n")
+    return {**ENV, "PYTHONPATH": str(tmp_path / "no_torch")}
 
 
 def wait_until(condition, process: subprocess.Popen, timeout: float = 240) -> None:
@@ -64,7 +72,7 @@ def test_a_second_process_is_refused_and_a_killed_holder_leaves_no_lock(tmp_path
         wait_until((run_dir / CHECKPOINT_FILE).exists, first)
         os.kill(first.pid, signal.SIGSTOP)  # hold the first run still, so that its files can be compared
         before = snapshot(run_dir)
-        second = start(run_dir)  # the same run
+        second = start(run_dir, env=without_torch(tmp_path))  # the same run, refused before torch's imports
         _, stderr = second.communicate(timeout=240)
         refusal(second.returncode, stderr, first.pid)
         for extra in (["resume=never"], ["seed=1"]):  # a fresh start, another run

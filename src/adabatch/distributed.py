@@ -19,7 +19,8 @@ from typing import Any, NoReturn
 
 import torch
 import torch.distributed as dist
-from omegaconf import OmegaConf
+
+from .launch_time import set_launch_time
 
 
 @dataclass(frozen=True)
@@ -128,24 +129,9 @@ def run_as_rank(work: Callable[[], object]) -> NoReturn:
     os._exit(code)
 
 
-_launch_time: list[datetime.datetime] = []
-
-
 def _agree_on_launch_time() -> None:
     """Rank 0's clock, on every rank, so that all ranks name the same run directory."""
     stamp = [datetime.datetime.now()]
     if dist.is_available() and dist.is_initialized():
         dist.broadcast_object_list(stamp, src=0)
-    _launch_time[:] = stamp
-
-
-def launch_time(pattern: str) -> str:
-    """`${launch_time:%Y-%m-%d_%H-%M-%S}` in configs: like Hydra's `${now:...}`, but one value for
-    all the ranks of a torchrun launch."""
-    if not _launch_time:  # not launched through train.py: this process's clock
-        _launch_time.append(datetime.datetime.now())
-    return _launch_time[0].strftime(pattern)
-
-
-# Cached like ${now:...}: Hydra copies the cache into the configs it hands to launched jobs.
-OmegaConf.register_new_resolver("launch_time", launch_time, replace=True, use_cache=True)
+    set_launch_time(stamp[0])

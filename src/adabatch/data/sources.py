@@ -23,6 +23,7 @@ import torch
 
 from ..checks import switch
 from ..components import build
+from ..errors import DatasetUnavailable
 from ..run.records import write_atomic
 
 # Debian package `dataset-fashion-mnist`; module-level so tests can redirect it.
@@ -33,10 +34,6 @@ _IDX_FILES = {
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
 _IDX_UBYTE = 0x08
-
-
-class DatasetUnavailable(RuntimeError):
-    """A dataset is neither on disk nor downloadable; the message is one line."""
 
 
 @dataclass(frozen=True, eq=False)

@@ -3,6 +3,7 @@ when the process ends, however it ends (a SIGKILL too), so no lock outlives its 
 
 A second process started on a held directory is refused at once and touches nothing. The lock file
 says who holds it (pid, host, since when), for the refusal's message only: the flock is the lock.
+Torch-free, so that src/train.py can look before it imports torch (`held`).
 """
 from __future__ import annotations
 
@@ -13,9 +14,12 @@ import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from ..distributed import SINGLE_PROCESS, World
-from ..validation import ConfigError
+from ..errors import ConfigError
+
+if TYPE_CHECKING:
+    from ..distributed import World
 
 LOCK_FILE = ".lock"
 
@@ -38,6 +42,22 @@ def busy(run_dir: Path) -> RunDirectoryBusy:
     )
 
 
+def held(run_dir: Path) -> bool:
+    """Whether another process holds `run_dir` now: its lock taken and let go at once (nothing is
+    created). A look only: own_run_directory's lock decides who runs."""
+    try:
+        fd = os.open(run_dir / LOCK_FILE, os.O_RDWR)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # lets go of the lock, if it was taken here
+    return False
+
+
 def _acquire(path: Path) -> int | None:
     """The lock file's descriptor, locked; None when another process holds it."""
     while True:
@@ -57,7 +77,7 @@ def _acquire(path: Path) -> int | None:
 
 
 @contextlib.contextmanager
-def own_run_directory(run_dir: Path, world: World = SINGLE_PROCESS) -> Iterator[None]:
+def own_run_directory(run_dir: Path, world: World) -> Iterator[None]:
     """Hold `run_dir` for the block (rank 0 holds it for all the ranks of a run), or raise
     RunDirectoryBusy on every rank, before anything is written."""
     fd = None
