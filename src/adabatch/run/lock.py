@@ -46,7 +46,7 @@ def held(run_dir: Path) -> bool:
     """Whether another process holds `run_dir` now: its lock taken and let go at once (nothing is
     created). A look only: own_run_directory's lock decides who runs."""
     try:
-        fd = os.open(run_dir / LOCK_FILE, os.O_RDWR)
+        fd = os.open(run_dir / LOCK_FILE, os.O_RDONLY)
     except FileNotFoundError:
         return False
     try:
