@@ -104,9 +104,11 @@ cpu_digits_cnn_RUNS := $(CPU_METHODS)
 cpu_digits_cnn_FRONTIER := $(call FRONTIER,16 64 256,0.05 0.1 0.25 0.5)
 # The paper's MNIST CNN row at full scale on Fashion-MNIST (1-2 core-hours a run: not part of the default).
 fashion_cnn_RUNS := $(fashion_logistic_RUNS)
-# Its frontier adds b = 128, 2048 and full batch to the row's constant 8 and 4096, and η = 0.25 and 1 to the
-# row's 0.1: 5 points, 10 runs (a suite of 46 runs, one to two hours each on one core).
-fashion_cnn_FRONTIER := $(call FRONTIER,128 2048 60000,0.25 1)
+# Its frontier adds b = 128, 2048 and full batch to the row's constant 8 and 4096, η = 0.25 and 1 to the row's
+# 0.1, and Adam (its config's lr, as the row's Adam with the norm test) at constant b = 4096 and full batch, so
+# that the norm test with Adam has constant batches of its own optimizer beside it: 7 points, 14 runs (a suite
+# of 50 runs, one to two hours each on one core).
+fashion_cnn_FRONTIER := $(call FRONTIER,128 2048 60000,0.25 1) constant_large-adam constant_small-adam/b0_60000
 # Language models (SUITE=kjv_gpt, needs `make data-kjv`): a small GPT on the King James Bible, AdamW for
 # every method (the LM optimizer) and the norm test with AdaGrad; the warmup doubles the batch at fixed tokens.
 kjv_gpt_RUNS := norm_test-adamw norm_test-adagrad noise_scale-adamw constant_small-adamw constant_large-adamw \
